@@ -13,7 +13,7 @@ $(STAMP): requirements/cpu.txt requirements/test.txt requirements/constraints.tx
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip==23.2.1"
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/cpu.txt -r requirements/test.txt -c requirements/constraints.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(PY) -m pip check
 	touch $(STAMP)
 
