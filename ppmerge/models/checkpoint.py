@@ -1,0 +1,242 @@
+"""The one way every tool reads and writes weights.
+
+Formats by extension: `.pdparams` (a paddle.save pickle, read with an allow-listed unpickler, see
+`safe_pickle`) and `.safetensors`. Writes are atomic. `load_pretrained` also understands FleetX's fused
+qkv, paddlenlp's and Hugging Face GPT-2's key layouts, and merged model files (`heads.<TASK>.…`)."""
+import os
+
+import numpy as np
+
+from ppmerge.errors import CheckpointError
+from ppmerge.fileio import atomic_path
+from ppmerge.models import fleetx, hf_gpt2
+from ppmerge.models.safe_pickle import read_pickle, to_numpy, write_pickle
+
+EXTENSIONS = (".pdparams", ".pdopt", ".safetensors")
+FOLDER_FILES = ("model.pdparams", "model_state.pdparams", "model.safetensors")
+HEADS_PREFIX = "heads."
+MAY_BE_MISSING = ("score.",)  # a pretrained backbone has no classifier head yet
+
+
+def _extension(path):
+    ext = os.path.splitext(str(path))[1].lower()
+    if ext not in EXTENSIONS:
+        raise CheckpointError(f"{path}: unknown checkpoint format {ext or '(no extension)'!r}; "
+                              f"expected .pdparams or .safetensors")
+    return ext
+
+
+def _check_exists(path):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+
+
+def _check_state_dict(obj, path):
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict (name → tensor), found {type(obj).__name__}")
+    for key, value in obj.items():
+        if not isinstance(value, np.ndarray):
+            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; "
+                                  f"expected a state dict of tensors")
+    return obj
+
+
+def load_numpy_state_dict(path):
+    """name → numpy array, no paddle tensors made (bf16 comes back as uint16, paddle's convention).
+
+    The arrays are returned as unpickled / read: no second copy of the data is held."""
+    path = os.fspath(path)
+    ext = _extension(path)
+    _check_exists(path)
+    if ext == ".safetensors":
+        return _read_safetensors_numpy(path)
+    return _check_state_dict(read_pickle(path), path)
+
+
+def _read_safetensors_numpy(path):
+    from safetensors import SafetensorError, safe_open
+
+    out = {}
+    try:
+        with safe_open(path, framework="np") as f:
+            for key in f.keys():
+                try:
+                    out[key] = f.get_tensor(key)
+                except TypeError:  # bf16 has no numpy dtype: read through paddle, get uint16 bits
+                    out[key] = None
+        if any(v is None for v in out.values()):
+            import safetensors.paddle
+
+            tensors = safetensors.paddle.load_file(path)
+            out = {key: (tensors[key].numpy() if v is None else v) for key, v in out.items()}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({exc})") from None
+    return out
+
+
+def load_state_dict(path):
+    """name → paddle.Tensor (on the current device) from a `.pdparams` or `.safetensors` file."""
+    from ppmerge.runtime import import_paddle
+
+    paddle = import_paddle()
+    path = os.fspath(path)
+    if _extension(path) == ".safetensors":
+        _check_exists(path)
+        import safetensors.paddle
+
+        try:
+            return dict(safetensors.paddle.load_file(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable .safetensors file ({exc})") from None
+    arrays = load_numpy_state_dict(path)
+    # Convert one array at a time and let it go, so the peak is one copy plus one tensor.
+    return {key: paddle.to_tensor(arrays.pop(key)) for key in list(arrays)}
+
+
+def load_object(path):
+    """A safe `paddle.load` for any paddle.save file (e.g. an optimizer state `.pdopt`): nested
+    containers as saved, tensors as numpy arrays."""
+    path = os.fspath(path)
+    _check_exists(path)
+    return read_pickle(path)
+
+
+def save_state_dict(state_dict, path):
+    """Write name → tensor (paddle or numpy) to `.pdparams` (paddle.load-compatible) or `.safetensors`, atomically."""
+    path = os.fspath(path)
+    ext = _extension(path)
+    if ext == ".safetensors":
+        _write_safetensors(state_dict, path)
+    else:
+        write_pickle(dict(state_dict), path)
+
+
+def _write_safetensors(state_dict, path):
+    # uint16 arrays are bf16 (paddle's convention): only the paddle writer can label them BF16.
+    use_paddle = any(not isinstance(v, np.ndarray) or v.dtype == np.uint16 for v in state_dict.values())
+    with atomic_path(path) as tmp:
+        if use_paddle:
+            import safetensors.paddle
+            from ppmerge.runtime import import_paddle
+
+            paddle = import_paddle()
+            tensors = {k: v if isinstance(v, paddle.Tensor) else paddle.to_tensor(to_numpy(v))
+                       for k, v in state_dict.items()}
+            safetensors.paddle.save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        else:
+            import safetensors.numpy
+
+            safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, tmp)
+
+
+def to_float32(array):
+    """Cast a floating array to float32; uint16 is read as bf16 bits (paddle's convention)."""
+    array = np.asarray(array)
+    if array.dtype == np.uint16:
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- merged model files
+
+def merged_task_names(state_dict):
+    """Task names of a merged model file (`heads.<TASK>.…` keys); empty for a plain checkpoint."""
+    return sorted({key[len(HEADS_PREFIX):].split(".", 1)[0] for key in state_dict if key.startswith(HEADS_PREFIX)})
+
+
+def _canonical_task(name):
+    try:
+        from ppmerge.data import get_task
+    except ImportError:  # the data package is optional here: fall back to exact names
+        return name
+    try:
+        return get_task(name).name
+    except Exception:
+        return name
+
+
+def select_task_head(state_dict, task):
+    """A merged model (backbone + `heads.<TASK>.<key>`) → a plain state dict with `task`'s head."""
+    tasks = merged_task_names(state_dict)
+    if not tasks:
+        return dict(state_dict)
+    wanted = _canonical_task(task)
+    match = [t for t in tasks if t == task or t == wanted or _canonical_task(t) == wanted]
+    if not match:
+        raise CheckpointError(f"merged model has no head for task {task!r}; its tasks: {', '.join(tasks)}")
+    prefix = f"{HEADS_PREFIX}{match[0]}."
+    out = {key: value for key, value in state_dict.items() if not key.startswith(HEADS_PREFIX)}
+    out.update({key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)})
+    return out
+
+
+# --------------------------------------------------------------------------- pretrained weights
+
+def resolve_checkpoint_path(path):
+    """A weights file for FleetX's prefix (`.../model` → `model.pdparams`), a file, or a folder."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for name in FOLDER_FILES:
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+            hf_gpt2.find_weights(path)  # raises the clear "needs PyTorch" message
+        raise CheckpointError(f"checkpoint folder {path} holds none of {', '.join(FOLDER_FILES)}")
+    if os.path.isfile(path):
+        return path
+    for ext in (".pdparams", ".safetensors"):
+        if os.path.isfile(path + ext):
+            return path + ext
+    raise CheckpointError(f"checkpoint not found: {path} (expected a file, a folder with model.pdparams, "
+                          f"or FleetX's prefix such as output/model for output/model.pdparams)")
+
+
+def to_our_layout(state_dict, num_heads=None, source="checkpoint"):
+    """Any supported key layout (ours, FleetX fused, paddlenlp, HF GPT-2) → ours, numpy values."""
+    if hf_gpt2.is_hf_gpt2(state_dict):
+        return hf_gpt2.convert_state_dict(state_dict)
+    state_dict = fleetx.normalize_prefixes(state_dict)
+    if fleetx.has_fused_qkv(state_dict):
+        if not num_heads:
+            raise CheckpointError(f"{source} has fused qkv_proj weights: the number of attention heads is needed "
+                                  f"to split them (GPT-345M: 16; tools/convert.py --num-heads)")
+        state_dict = fleetx.split_fused_state_dict(state_dict, num_heads)
+    return state_dict
+
+
+def load_pretrained(model, path, task=None):
+    """Load weights into `model` (a GPTForSequenceClassification). Returns (missing, unexpected) keys.
+
+    Fused qkv is split, dtypes cast to the model's, a merged file gives the backbone plus `task`'s
+    head. Only `score.*` may be missing; a shape mismatch is an error naming the key and both shapes."""
+    file = resolve_checkpoint_path(path)
+    state_dict = load_numpy_state_dict(file)
+    tasks = merged_task_names(state_dict)
+    if tasks:
+        if task is None:
+            raise CheckpointError(f"{file} is a merged model with heads for {', '.join(tasks)}: say which task to load")
+        state_dict = select_task_head(state_dict, task)
+    state_dict = to_our_layout(state_dict, model.gpt.config.num_attention_heads, source=file)
+
+    params = model.state_dict()
+    missing = [key for key in params if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in params]
+    fatal = [key for key in missing if not key.startswith(MAY_BE_MISSING)]
+    if fatal:
+        shown = ", ".join(fatal[:5]) + (f" (+{len(fatal) - 5} more)" if len(fatal) > 5 else "")
+        raise CheckpointError(f"{file} is missing {len(fatal)} weights the model needs: {shown}")
+    for key, param in params.items():
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(param.shape):
+            raise CheckpointError(f"{file}: {key} has shape {list(state_dict[key].shape)} in the file but "
+                                  f"{list(param.shape)} in the model (check Model.vocab_size / num_classes / sizes)")
+    from ppmerge.runtime import import_paddle
+
+    paddle = import_paddle()
+    for key, param in params.items():
+        if key in state_dict:
+            value = state_dict.pop(key)  # drop our reference as we go: one copy at a time
+            if np.issubdtype(value.dtype, np.floating) or value.dtype == np.uint16:
+                value = to_float32(value)  # fp16 / bf16 checkpoints (FleetX saves fp16)
+            tensor = paddle.to_tensor(value)
+            param.set_value(tensor if tensor.dtype == param.dtype else tensor.astype(param.dtype))
+    return missing, unexpected
