@@ -1,0 +1,221 @@
+"""The merge runner: a validated merge config in, a merged model and its reports out.
+
+    device, seed -> model pool (each model loaded once) -> method, for every sweep point
+    -> merged backbone + per-task heads -> task pool evaluation -> reference rows -> reports
+
+Everything is written into `Output.dir` through `atomic_dir`: the folder appears complete at the end
+or not at all, so a failed run (bad checkpoint, NaN, unknown parameter, ...) leaves nothing behind.
+"""
+import os
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from ppmerge.errors import ConfigError
+from ppmerge.evaluation.reports import average
+from ppmerge.merge.model_pool import ModelPool
+from ppmerge.merge.sweep import sweep_axes, sweep_points
+
+MODEL_FILE = "merged_model.pdparams"
+
+
+def _seed_everything(seed):
+    from ppmerge.runtime import import_paddle
+
+    np.random.seed(seed)
+    import_paddle().seed(seed)
+
+
+def _to_numpy_backbone(merged, base):
+    """The method's result (numpy or paddle values) as numpy arrays in the base's dtypes."""
+    from ppmerge.merge.tensor_ops import as_numpy
+
+    missing = [k for k in base if k not in merged]
+    if missing:
+        raise RuntimeError(f"merge method returned no value for {missing[0]!r} ({len(missing)} keys missing)")
+    return {k: as_numpy(merged[k]).astype(base[k].dtype, copy=False).reshape(base[k].shape) for k in base}
+
+
+def merged_state_dict(backbone, heads):
+    """The merged model file's content: the backbone plus `heads.<TASK>.<head key>` for every task."""
+    state_dict = dict(backbone)
+    for task, head in heads.items():
+        for key, value in head.items():
+            state_dict[f"heads.{task}.{key}"] = value
+    return state_dict
+
+
+class _Merger:
+    """Runs one method on the pool, with the right form: streamed, all-in-memory, or with data."""
+
+    def __init__(self, method, pool, context_factory, stream, progress):
+        self.method = method
+        self.pool = pool
+        self.context_factory = context_factory
+        self.stream = stream
+        self.progress = progress
+
+    def __call__(self, params, desc):
+        pool = self.pool
+        if self.stream:
+            # One fine-tuned model in memory at a time; the bar counts models.
+            bar = tqdm(total=len(pool.tasks), desc=desc, unit="model", file=sys.stderr, leave=False,
+                       disable=not self.progress, dynamic_ncols=True)
+            with bar:
+                def models():
+                    for _, backbone in pool.stream():
+                        yield backbone
+                        bar.update(1)
+                merged = self.method.stream(pool.base, models(), **params)
+        else:
+            models = [pool.backbones()[task] for task in pool.tasks]
+            if self.method.data_dependent:
+                merged = self.method.fn(pool.base, models, context=self.context_factory(), **params)
+            else:
+                merged = self.method.fn(pool.base, models, **params)
+        if getattr(merged, "is_ensemble", False):
+            return merged
+        return _to_numpy_backbone(_with_progress(merged, desc, self.progress), pool.base)
+
+
+def _with_progress(merged, desc, progress):
+    """Bring the merged tensors back to the host one by one under a per-tensor bar."""
+    from ppmerge.merge.tensor_ops import as_numpy
+
+    keys = list(merged)
+    out = {}
+    for key in tqdm(keys, desc=f"{desc} (tensors)", unit="tensor", file=sys.stderr, leave=False,
+                    disable=not progress, dynamic_ncols=True):
+        out[key] = as_numpy(merged[key])
+    return out
+
+
+def _row(name, kind, metrics, tasks, params=None, **extra):
+    return {"name": name, "kind": kind, "params": params or {}, "metrics": metrics,
+            "average": average(metrics, tasks), "best": False, **extra}
+
+
+def run_merge(cfg, progress=True):
+    """Run the merge described by `cfg` (a MERGE_SCHEMA-validated dict); return the result dict
+    (also saved as report.json). See docs/ARCHITECTURE.md "ppmerge.merge — runner and config"."""
+    from ppmerge.evaluation.plots import write_plots
+    from ppmerge.evaluation.reports import write_reports
+    from ppmerge.fileio import atomic_dir
+    from ppmerge.merge import MergeContext, get_method
+    from ppmerge.runtime import set_device
+
+    start = time.perf_counter()
+    timings = {}
+    device = set_device(cfg["Global"]["device"])
+    seed = int(cfg["Global"]["seed"])
+    _seed_everything(seed)
+
+    # Everything that can be checked without loading a model is checked first.
+    method = get_method(cfg["Merge"]["method"])
+    base_params = {k: v for k, v in cfg["Merge"].items() if k != "method"}
+    axes = sweep_axes(cfg["Sweep"])
+    points = [(label, assigned, method.resolve(section)) for label, assigned, section
+              in sweep_points(base_params, cfg["Sweep"])]
+    pool = ModelPool.from_config(cfg["ModelPool"])
+    from ppmerge.data import get_task
+    tasks = [get_task(t).name for t in cfg["TaskPool"]["tasks"]]
+    no_model = [t for t in tasks if t not in pool.paths]
+    if no_model:
+        raise ConfigError(f"TaskPool.tasks: task {no_model[0]} has no fine-tuned model in ModelPool.models "
+                          f"(its head is needed to evaluate it)")
+    from ppmerge.evaluation.task_pool import TaskPool
+    task_pool = TaskPool.from_config({**cfg["TaskPool"], "tasks": tasks, "seed": seed}, progress=progress)
+
+    refs = cfg["Output"]["reference_rows"]
+    stream = (len(points) == 1 and method.stream is not None and not method.data_dependent
+              and not refs["finetuned"] and not refs["cross_task"])
+
+    def context():
+        heads = pool.load_heads()
+        return MergeContext(task_names=list(pool.tasks), heads=[heads[t] for t in pool.tasks],
+                            task_pool=task_pool, model_cfg=dict(cfg["TaskPool"]["model"]),
+                            device=device, seed=seed)
+
+    tick = time.perf_counter()
+    base = pool.base
+    if not stream:
+        pool.backbones()  # every model loaded (and checked) once, also for the whole sweep
+    timings["load"] = time.perf_counter() - tick
+    merger = _Merger(method, pool, context, stream, progress)
+
+    rows, best_model, best_row = [], None, None
+    timings["merge"] = timings["evaluate"] = 0.0
+    sweep_bar = tqdm(points, desc="sweep", unit="point", file=sys.stderr, disable=not progress or len(points) == 1,
+                     dynamic_ncols=True)
+    for label, assigned, params in sweep_bar:
+        tick = time.perf_counter()
+        merged = merger(params, desc=f"merge {label}" if axes else f"merge {method.name}")
+        timings["merge"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        heads = pool.heads
+        if getattr(merged, "is_ensemble", False):
+            metrics = merged.evaluate(task_pool, heads, tasks)
+        else:
+            metrics = task_pool.evaluate(merged, heads, tasks, desc=f"evaluate {label}")
+        timings["evaluate"] += time.perf_counter() - tick
+        row = _row(label if axes else method.name, "sweep" if axes else "merged", metrics, tasks,
+                   params=params, sweep_values=assigned)
+        rows.append(row)
+        if best_row is None or (row["average"] or -np.inf) > (best_row["average"] or -np.inf):
+            best_row, best_model = row, merged
+        del merged
+    if axes:
+        best_row["best"] = True
+
+    tick = time.perf_counter()
+    reference = []
+    if refs["base"]:
+        reference.append(_row("base", "base", task_pool.evaluate(base, pool.heads, tasks, desc="evaluate base"), tasks))
+    cross = []
+    if refs["cross_task"]:
+        matrix = task_pool.cross_task_matrix(pool.backbones(), pool.heads, tasks)
+        cross = [_row(f"cross_task:{name}", "cross_task", metrics, tasks, model=name)
+                 for name, metrics in matrix.items()]
+    if refs["finetuned"]:
+        own = {}
+        for task in tasks:
+            if refs["cross_task"]:
+                own[task] = matrix[task][task]
+            else:
+                own.update(task_pool.evaluate(pool.backbones()[task], pool.heads, [task], desc=f"evaluate {task} model"))
+        reference.append(_row("finetuned", "finetuned", own, tasks))
+    timings["reference"] = time.perf_counter() - tick
+
+    result = {
+        "method": method.name,
+        "params": points[0][2] if not axes else base_params,
+        "sweep": [[key, values] for key, values in axes] or None,
+        "best": best_row["name"] if axes else None,
+        "tasks": tasks,
+        "main_metric": {t: task_pool.spec(t).metric for t in tasks},
+        "device": device,
+        "rows": reference + rows + cross,
+        "config": cfg,
+        "timings": timings,
+    }
+    out_dir = os.path.abspath(cfg["Output"]["dir"])
+    with atomic_dir(out_dir) as tmp:
+        tick = time.perf_counter()
+        if cfg["Output"]["save_model"] and not getattr(best_model, "is_ensemble", False):
+            from ppmerge.models.checkpoint import save_state_dict
+
+            save_state_dict(merged_state_dict(best_model, pool.heads), os.path.join(tmp, MODEL_FILE))
+            result["model_file"] = os.path.join(out_dir, MODEL_FILE)
+        else:
+            result["model_file"] = None
+        from ppmerge.config import save_config
+
+        save_config(cfg, os.path.join(tmp, "config.yaml"))
+        timings["save"] = time.perf_counter() - tick
+        timings["total"] = time.perf_counter() - start
+        write_plots(result, tmp)
+        write_reports(result, tmp)
+    result["output_dir"] = out_dir
+    return result
