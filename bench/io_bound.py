@@ -1,10 +1,11 @@
 """The I/O bound of a merge: load every input once and save one output, with the project's own
-loader and saver, and nothing else. merge_bench.py runs it in a fresh process (as it runs
-tools/merge.py), so both pay the same interpreter and paddle start-up.
+loader (`load_numpy_state_dict`, what the model pool uses) and saver, and nothing else.
+merge_bench.py runs it in a fresh process, as it runs tools/merge.py, so both pay the same
+interpreter and paddle start-up.
 
     python bench/io_bound.py --output OUT.pdparams BASE.pdparams MODEL_1.pdparams ...
 
-Prints one JSON line: load_s, save_s, total_s (inside the process, after imports)."""
+Prints one JSON line: import_s, load_s, save_s, total_s (load + save)."""
 import argparse
 import json
 import time
@@ -20,14 +21,14 @@ def main():
     from ppmerge.runtime import import_paddle
 
     import_paddle()
-    from ppmerge.models.checkpoint import load_state_dict, save_state_dict
+    from ppmerge.models.checkpoint import load_numpy_state_dict, save_state_dict
 
     import_s = time.perf_counter() - start
     t0 = time.perf_counter()
     state = None
     for path in args.inputs:
         state = None  # drop the previous model first: a streaming merge holds one input at a time
-        state = load_state_dict(path)
+        state = load_numpy_state_dict(path)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     save_state_dict(state, args.output)
