@@ -18,7 +18,7 @@ def resolve_file(path, origins=None, included_from=None, _stack=()):
     """
     path = os.path.normpath(path)
     real = os.path.realpath(path)
-    if real in _stack:
+    if real in (seen for seen, _ in _stack):
         chain = " -> ".join([*_stack_names(_stack), path])
         raise ConfigError(f"{path}: _base_ cycle: {chain}")
     data = read_yaml(path, included_from)

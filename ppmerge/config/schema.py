@@ -100,6 +100,8 @@ class Field:
         elif value in (self.choices or ()):
             return value
         allowed = ", ".join(str(c) for c in self.choices or ())
+        if self.aliases:
+            allowed += " (aliases: " + ", ".join(f"{a} = {c}" for a, c in self.aliases.items()) + ")"
         raise ConfigError(f"{where}: key '{key}' is {value!r}; allowed values: {allowed}")
 
 
