@@ -1,0 +1,307 @@
+"""The task pool: evaluate a backbone with each task's own head on that task's eval split.
+
+A sweep evaluates many merged backbones, so the expensive parts are done once per pool: each task's
+eval split is tokenized once (datasets cached), and one model skeleton is built per distinct number
+of classes (2, 3 for MNLI, 1 for STS-B); evaluating a backbone only copies weights into it.
+
+Heads are never merged: `heads` maps a task to its head state dict (`score.weight`, [hidden, C]).
+Data-dependent merge methods read training batches through `train_batches` and build a model for a
+task with `load_model`.
+"""
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from ppmerge.errors import CheckpointError, ConfigError
+
+# Defaults of the merge config's TaskPool section (the schema fills them too; repeated here so the
+# pool also works from a hand-written dict, e.g. in tests).
+DEFAULTS = {
+    "tasks": None,
+    "data_root": "./dataset",
+    "layout": "glue",
+    "roots": None,
+    "split": "dev",
+    "batch_size": 32,
+    "max_length": 128,
+    "max_examples": -1,
+    "model": None,
+    "tokenizer": None,
+    "num_workers": 0,
+    "seed": 1024,
+}
+
+
+class TaskPool:
+    def __init__(self, tasks, model, data_root="./dataset", layout="glue", roots=None, split="dev",
+                 batch_size=32, max_length=128, max_examples=-1, tokenizer=None, num_workers=0,
+                 seed=1024, progress=True):
+        from ppmerge.data import get_task
+
+        if not tasks:
+            raise ConfigError("TaskPool.tasks: expected a non-empty list of GLUE task names")
+        if model is None:
+            raise ConfigError("TaskPool.model: expected the model architecture section (name: gpt-tiny, ...)")
+        if int(batch_size) < 1:
+            raise ConfigError(f"TaskPool.batch_size: expected a positive integer, got {batch_size!r}")
+        self.specs = {}
+        for name in tasks:
+            spec = get_task(name)
+            self.specs[spec.name] = spec
+        self.tasks = list(self.specs)
+        self.model_cfg = dict(model)
+        self.data_root = data_root
+        self.layout = layout
+        self.roots = {get_task(k).name: v for k, v in (roots or {}).items()}
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.max_length = int(max_length)
+        self.max_examples = int(max_examples)
+        self.tokenizer_cfg = dict(tokenizer or {})
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.progress = progress
+        self._tokenizer = None
+        self._datasets = {}   # (task, split) -> GLUEDataset, tokenized once
+        self._models = {}     # num_classes -> model skeleton, built once
+
+    @classmethod
+    def from_config(cls, section, **kwargs):
+        """Build from the merge config's `TaskPool` section (a plain dict)."""
+        known = set(DEFAULTS)
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ConfigError(f"TaskPool: unknown key {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
+        cfg = {**DEFAULTS, **{k: v for k, v in section.items() if v is not None}}
+        return cls(**cfg, **kwargs)
+
+    # ---- data -------------------------------------------------------------------------------
+    def spec(self, task):
+        """The TaskSpec of `task` (any GLUE task: a merge's models may cover tasks not evaluated)."""
+        from ppmerge.data import get_task
+
+        return self.specs.get(task) or get_task(task)
+
+    def task_root(self, task):
+        from ppmerge.data.synthetic import task_root
+
+        task = self.spec(task).name
+        return self.roots.get(task) or task_root(task, self.data_root, self.layout)
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from ppmerge.data import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.tokenizer_cfg.get("vocab_file"),
+                                             self.tokenizer_cfg.get("merges_file"))
+        return self._tokenizer
+
+    def dataset(self, task, split=None):
+        """The task's tokenized split (cached: a sweep tokenizes each split once)."""
+        from ppmerge.data import GLUEDataset
+
+        split = split or self.split
+        task = self.spec(task).name
+        key = (task, split)
+        if key not in self._datasets:
+            self._datasets[key] = GLUEDataset(self.spec(task), self.task_root(task), split,
+                                              self.tokenizer(), max_length=self.max_length)
+        return self._datasets[key]
+
+    def _batches(self, dataset, indices, batch_size):
+        from ppmerge.data import collate_batch
+
+        for start in range(0, len(indices), batch_size):
+            yield collate_batch([dataset[int(i)] for i in indices[start:start + batch_size]])
+
+    def eval_indices(self, task):
+        n = len(self.dataset(task))
+        if self.max_examples >= 0:
+            n = min(n, self.max_examples)
+        return np.arange(n)
+
+    def train_batches(self, task, num_examples=-1, batch_size=None, seed=None):
+        """Collated training batches of `task` (numpy dicts: input_ids, lengths, labels).
+
+        The order is a permutation drawn from `seed` (the pool's seed by default), so a merge is
+        reproducible; `num_examples` -1 (or more than there are) takes the whole split."""
+        dataset = self.dataset(task, "train")
+        order = np.random.default_rng(self.seed if seed is None else seed).permutation(len(dataset))
+        if num_examples is not None and int(num_examples) >= 0:
+            order = order[:int(num_examples)]
+        return self._batches(dataset, order, int(batch_size or self.batch_size))
+
+    # ---- models -----------------------------------------------------------------------------
+    def skeleton(self, num_classes):
+        """The one model of this pool with `num_classes` outputs (built on first use)."""
+        if num_classes not in self._models:
+            from ppmerge.models import build_model
+
+            model = build_model(self.model_cfg, num_classes)
+            model.eval()
+            self._models[num_classes] = model
+        return self._models[num_classes]
+
+    @staticmethod
+    def _assign(model, weights, what):
+        """Copy `weights` (name -> tensor / array) into the model's own tensors, checking shapes."""
+        paddle = _paddle()
+        targets = model.state_dict()
+        for name, value in weights.items():
+            if name not in targets:
+                raise CheckpointError(f"{what}: key {name!r} is not in the TaskPool model "
+                                      f"(check TaskPool.model matches the checkpoints)")
+            target = targets[name]
+            if list(value.shape) != list(target.shape):
+                raise CheckpointError(f"{what}: {name!r} has shape {list(value.shape)}, the TaskPool model "
+                                      f"expects {list(target.shape)} (check TaskPool.model)")
+            if not isinstance(value, paddle.Tensor):
+                value = paddle.to_tensor(np.asarray(value))
+            if value.dtype != target.dtype:
+                value = value.astype(target.dtype)
+            target.set_value(value)
+
+    def load_backbone(self, model, backbone, head_names=()):
+        """Copy a backbone into `model`; every non-head key of the model must be present."""
+        missing = [k for k in model.state_dict() if k not in backbone and k not in head_names]
+        if missing:
+            raise CheckpointError(f"backbone: key {missing[0]!r} is missing ({len(missing)} missing in all)")
+        self._assign(model, backbone, "backbone")
+
+    def load_head(self, model, task, head):
+        if not head:
+            raise CheckpointError(f"no head for task {task!r} (the model pool has no model for it)")
+        self._assign(model, head, f"head of {task}")
+
+    def load_model(self, task, backbone, head):
+        """The pool's skeleton for `task`, holding `backbone` and `head` (shared: reloaded per use)."""
+        model = self.skeleton(self.spec(task).num_classes)
+        self.load_backbone(model, backbone, head_names=set(head or ()))
+        self.load_head(model, task, head)
+        return model
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def _select(self, tasks):
+        if tasks is None:
+            return self.tasks
+        from ppmerge.data import get_task
+
+        names = [get_task(t).name for t in tasks]
+        outside = [t for t in names if t not in self.specs]
+        if outside:
+            raise ConfigError(f"task {outside[0]!r} is not in TaskPool.tasks ({', '.join(self.tasks)})")
+        return names
+
+    def _bar(self, tasks, desc):
+        total = sum(-(-len(self.eval_indices(t)) // self.batch_size) for t in tasks)
+        return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False,
+                    disable=not self.progress, dynamic_ncols=True)
+
+    def _metrics(self, task, outputs, labels, seconds):
+        """The task metric's values plus `accuracy`, `main`, `num_examples`, `seconds`."""
+        from ppmerge.metrics import build_metric
+
+        spec = self.specs[task]
+        metric = build_metric(spec.metric)
+        metric.update(outputs, labels)
+        values = metric.accumulate()
+        if not spec.is_regression and "accuracy" not in values:
+            values["accuracy"] = float(np.mean(outputs.argmax(-1) == labels))
+        values["main"] = float(values[metric.main_key])
+        values["num_examples"] = int(len(labels))
+        values["seconds"] = round(float(seconds), 4)
+        return values
+
+    def _run(self, model, task, call, bar):
+        """Feed the task's eval batches through `call(model, input_ids, lengths)`; numpy outputs, labels."""
+        paddle = _paddle()
+        dataset = self.dataset(task)
+        outputs, labels = [], []
+        with paddle.no_grad():
+            for batch in self._batches(dataset, self.eval_indices(task), self.batch_size):
+                out = call(model, paddle.to_tensor(batch["input_ids"]), paddle.to_tensor(batch["lengths"]))
+                outputs.append(out.numpy())
+                labels.append(batch["labels"])
+                bar.update(1)
+        return np.concatenate(outputs), np.concatenate(labels)
+
+    def logits(self, task, backbone, head):
+        """Logits of the task's eval examples (in order) and their labels."""
+        model = self.load_model(task, backbone, head)
+        with tqdm(disable=True) as bar:
+            return self._run(model, task, lambda m, ids, lens: m(ids, lens), bar)
+
+    def evaluate(self, backbone, heads, tasks=None, desc="evaluate"):
+        """{task: metrics} for one backbone, each task with its own head."""
+        tasks = self._select(tasks)
+        loaded = set()  # skeletons already holding this backbone (heads differ per task)
+        results = {}
+        with self._bar(tasks, desc) as bar:
+            for task in tasks:
+                bar.set_postfix_str(task)
+                start = time.perf_counter()
+                head = heads.get(task)
+                model = self.skeleton(self.specs[task].num_classes)
+                if id(model) not in loaded:
+                    self.load_backbone(model, backbone, head_names=set(head or ()))
+                    loaded.add(id(model))
+                self.load_head(model, task, head)
+                outputs, labels = self._run(model, task, lambda m, ids, lens: m(ids, lens), bar)
+                results[task] = self._metrics(task, outputs, labels, time.perf_counter() - start)
+        return results
+
+    def evaluate_ensemble(self, backbones, heads, tasks=None, desc="ensemble"):
+        """{task: metrics} of the ensemble: the backbones' pooled hidden states are averaged, then
+        each task's head is applied to the average (all backbones run on every task)."""
+        paddle = _paddle()
+        tasks = self._select(tasks)
+        backbones = list(backbones.values()) if isinstance(backbones, dict) else list(backbones)
+        if not backbones:
+            raise ConfigError("simple_ensemble: the model pool has no models")
+        pooled = {t: None for t in tasks}
+        labels = {}
+        seconds = {t: 0.0 for t in tasks}
+        with self._bar(tasks, desc) as bar:
+            bar.total *= len(backbones)
+            for backbone in backbones:
+                loaded = set()
+                for task in tasks:
+                    bar.set_postfix_str(task)
+                    start = time.perf_counter()
+                    head = heads.get(task)
+                    model = self.skeleton(self.specs[task].num_classes)
+                    if id(model) not in loaded:
+                        self.load_backbone(model, backbone, head_names=set(head or ()))
+                        loaded.add(id(model))
+                    hidden, labels[task] = self._run(model, task, lambda m, ids, lens: m.pooled_hidden(ids, lens), bar)
+                    pooled[task] = hidden if pooled[task] is None else pooled[task] + hidden
+                    seconds[task] += time.perf_counter() - start
+        results = {}
+        for task in tasks:
+            start = time.perf_counter()
+            model = self.skeleton(self.specs[task].num_classes)
+            self.load_head(model, task, heads.get(task))
+            with paddle.no_grad():
+                outputs = model.score(paddle.to_tensor(pooled[task] / len(backbones))).numpy()
+            seconds[task] += time.perf_counter() - start
+            results[task] = self._metrics(task, outputs, labels[task], seconds[task])
+        return results
+
+    def cross_task_matrix(self, backbones, heads, tasks=None):
+        """{model name: {task: metrics}}: every backbone evaluated on every task (each task's head)."""
+        return {name: self.evaluate(backbone, heads, tasks, desc=f"cross-task {name}")
+                for name, backbone in backbones.items()}
+
+
+_PADDLE = None
+
+
+def _paddle():
+    global _PADDLE
+    if _PADDLE is None:
+        from ppmerge.runtime import import_paddle
+
+        _PADDLE = import_paddle()
+    return _PADDLE

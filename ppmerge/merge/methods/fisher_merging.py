@@ -1,0 +1,105 @@
+"""Fisher merging (Matena & Raffel 2022): a per-entry weighted average, each model weighted by its
+diagonal Fisher information on its own task.
+
+Per example x, the Fisher of a classifier is the expectation over classes under the model's own
+prediction, F(x) = sum_y p(y|x) * (d log p(y|x) / d theta)^2 -- computed exactly, one backward per
+class per example (not the batch-level shortcut that squares a summed gradient). For STS-B's single
+regression output it is the squared gradient of the output. F_i is the mean over the examples.
+
+theta = sum_i c_i (F_i + eps) theta_i / sum_i c_i (F_i + eps), entry by entry, over the backbone only
+(heads stay per task). With `normalize_fisher_weight` (FusionBench's definition) c_i is proportional
+to 1 / ||F_i|| (global L2 norm over all backbone entries), so every model's Fisher has a comparable
+magnitude; otherwise c_i = 1. eps = `minimal_fisher_weight` keeps the denominator positive. Backbone
+entries that get no gradient (none in a GPT backbone) are averaged plainly.
+"""
+from ppmerge.merge.registry import Param, register
+
+
+def _paddle():
+    from ppmerge.runtime import import_paddle
+
+    return import_paddle()
+
+
+def _as_tensor(value):
+    paddle = _paddle()
+    if isinstance(value, paddle.Tensor):
+        return value.astype("float32")
+    return paddle.to_tensor(value, dtype="float32")
+
+
+def fisher_information(model, batches, param_names, regression=False):
+    """Mean per-example diagonal Fisher of `model` over `batches` (numpy dicts with input_ids,
+    lengths): {name: tensor} for the named parameters that receive a gradient."""
+    paddle = _paddle()
+    F = paddle.nn.functional
+    params = dict(model.named_parameters())
+    names = [n for n in param_names if n in params]
+    inputs = [params[n] for n in names]
+    totals = {}
+    count = 0
+    model.eval()  # no dropout: the Fisher of the deterministic model
+    for batch in batches:
+        for ids, length in zip(batch["input_ids"], batch["lengths"]):
+            length = int(length)
+            # One example at a time (trimmed to its real tokens): the Fisher is per example.
+            logits = model(paddle.to_tensor(ids[None, :length]), paddle.to_tensor([length], dtype="int64"))[0]
+            if regression:
+                terms = [(1.0, logits[0])]
+            else:
+                log_probs = F.log_softmax(logits, axis=-1)
+                probs = log_probs.exp().detach().numpy()
+                terms = [(float(probs[y]), log_probs[y]) for y in range(len(probs))]
+            for k, (weight, output) in enumerate(terms):
+                grads = paddle.grad(output, inputs, retain_graph=k < len(terms) - 1, allow_unused=True)
+                for name, grad in zip(names, grads):
+                    if grad is None:
+                        continue
+                    term = weight * grad * grad
+                    totals[name] = term if name not in totals else totals[name] + term
+            count += 1
+    if count == 0:
+        raise ValueError("fisher_information: no examples")
+    return {name: total / count for name, total in totals.items()}
+
+
+def merge_with_fisher(backbones, fishers, normalize_fisher_weight=True, minimal_fisher_weight=1e-6):
+    """Fisher-weighted average of `backbones` (list of {name: array/tensor}) with `fishers`
+    (list of {name: tensor}, same order); entries without a Fisher in every model: plain mean."""
+    paddle = _paddle()
+    n = len(backbones)
+    eps = float(minimal_fisher_weight)
+    shared = [k for k in backbones[0] if all(k in f for f in fishers)]
+    if normalize_fisher_weight:
+        norms = [float(paddle.sqrt(sum((f[k] * f[k]).sum() for k in shared))) for f in fishers]
+        inverse = [1.0 / (norm + eps) for norm in norms]
+        coefficients = [v / sum(inverse) for v in inverse]
+    else:
+        coefficients = [1.0] * n
+    merged = {}
+    for key in backbones[0]:
+        values = [_as_tensor(b[key]) for b in backbones]
+        if key in shared:
+            weights = [c * (f[key] + eps) for c, f in zip(coefficients, fishers)]
+            merged[key] = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+        else:
+            merged[key] = sum(values) / n
+    return merged
+
+
+@register("fisher_merging", data_dependent=True, params={
+    "num_fisher_examples": Param("int", 256, "training examples per model for its Fisher (-1: all)"),
+    "batch_size": Param("int", 32, "examples read per batch (the Fisher itself is per example)"),
+    "normalize_fisher_weight": Param("bool", True, "scale each model's Fisher by 1/its global L2 norm"),
+    "minimal_fisher_weight": Param("float", 1e-6, "added to every Fisher entry (keeps the division finite)"),
+})
+def fisher_merging(base, models, *, context, num_fisher_examples=256, batch_size=32,
+                   normalize_fisher_weight=True, minimal_fisher_weight=1e-6):
+    """Fisher-weighted averaging: each model weighted per entry by its diagonal Fisher on its task."""
+    pool = context.task_pool
+    fishers = []
+    for task, backbone, head in zip(context.task_names, models, context.heads):
+        model = pool.load_model(task, backbone, head)
+        batches = pool.train_batches(task, num_fisher_examples, batch_size, seed=context.seed)
+        fishers.append(fisher_information(model, batches, list(backbone), regression=pool.spec(task).is_regression))
+    return merge_with_fisher(models, fishers, normalize_fisher_weight, minimal_fisher_weight)
