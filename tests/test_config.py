@@ -346,3 +346,17 @@ def test_dump_and_save_round_trip(tmp_path):
     assert load_config(save_path, schema=TRAIN_SCHEMA) == cfg
     assert yaml.safe_load(dump_config(cfg)) == cfg  # plain YAML, readable by any loader
     assert os.listdir(os.path.dirname(save_path)) == ["config.yaml"]  # no temp file left behind
+
+
+# ---------------------------------------------------------------- docs
+
+def test_config_docs_are_generated_from_the_schema():
+    from ppmerge.config.markdown import config_markdown, schema_markdown
+
+    with open(os.path.join(ROOT, "docs", "CONFIG.md"), encoding="utf-8") as f:
+        assert f.read() == config_markdown(), "run: python -m ppmerge.config.markdown docs/CONFIG.md"
+    toy = schema_markdown(TOY)
+    assert "| `A.y` | float | `0.5` |" in toy
+    assert "| `B.name` | str | **required** |" in toy
+    assert "| `Maybe` | section or null | `null` |" in toy
+    assert "one of `epoch`, `step`" in toy

@@ -61,7 +61,8 @@ class Field:
         self.choices = list(choices) if choices is not None else None
         self.nullable = nullable
         self.help = help
-        self.aliases = {str(k).lower(): v for k, v in (aliases or {}).items()}
+        self.aliases = dict(aliases or {})
+        self._alias_lookup = {str(k).lower(): v for k, v in self.aliases.items()}
 
     @property
     def required(self):
@@ -92,8 +93,8 @@ class Field:
     def _check_choice(self, value, key, where):
         if isinstance(value, str):
             lowered = value.lower()
-            if lowered in self.aliases:
-                return self.aliases[lowered]
+            if lowered in self._alias_lookup:
+                return self._alias_lookup[lowered]
             for choice in self.choices or ():
                 if isinstance(choice, str) and choice.lower() == lowered:
                     return choice

@@ -80,7 +80,7 @@ TRAIN_SCHEMA = Section({
         "module": Field(str, default="GPTFinetuneModule", choices=["GPTFinetuneModule"],
                         help="what a training step computes"),
         "name": Field(str, default="gpt-345m", choices=MODEL_NAMES, aliases={"GPT": "gpt-345m"},
-                      help="architecture preset (GPT = gpt-345m)"),
+                      help="architecture preset"),
         "vocab_size": _arch(int, "vocabulary rows"),
         "hidden_size": _arch(int, "hidden width"),
         "num_layers": _arch(int, "transformer layers"),
