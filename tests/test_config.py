@@ -360,3 +360,9 @@ def test_config_docs_are_generated_from_the_schema():
     assert "| `B.name` | str | **required** |" in toy
     assert "| `Maybe` | section or null | `null` |" in toy
     assert "one of `epoch`, `step`" in toy
+
+
+def test_duplicate_key_in_a_file_is_an_error(tmp_path):
+    path = write(tmp_path, "dup.yaml", "A:\n  x: 1\n  y: 2\n  x: 3\nB: {name: n}\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml:4: invalid YAML: duplicate key 'x'"):
+        load_config(path, schema=TOY)

@@ -9,7 +9,18 @@ from ppmerge.fileio import write_text
 
 
 class ConfigLoader(yaml.SafeLoader):
-    """SafeLoader that also reads `2e-5`, `1E6`, `-3e+2` as floats."""
+    """SafeLoader that also reads `2e-5`, `1E6`, `-3e+2` as floats, and refuses a key given twice
+    in one mapping (PyYAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _FLOAT = re.compile(r"""^(?:
