@@ -295,7 +295,8 @@ def test_345m_config_has_fleetx_values():
     assert cfg["Global"]["device"] == "gpu" and cfg["Global"]["local_batch_size"] == 32
     assert cfg["Engine"]["num_train_epochs"] == 3
     assert cfg["Engine"]["mix_precision"]["enable"] is True
-    assert (cfg["Engine"]["mix_precision"]["dtype"], cfg["Engine"]["mix_precision"]["level"]) == ("float16", "O2")
+    amp = cfg["Engine"]["mix_precision"]
+    assert (amp["dtype"], amp["level"]) == ("float16", "O2")
     assert cfg["Optimizer"]["epsilon"] == 1e-6 and cfg["Optimizer"]["weight_decay"] == 0.0
     assert cfg["Optimizer"]["lr"] == {"name": "LinearDecayWithWarmup", "learning_rate": 2e-5, "warmup": 0.1}
     assert cfg["Optimizer"]["grad_clip"]["clip_norm"] == 1.0
@@ -331,7 +332,8 @@ def test_training_schema_choices_and_test_split():
     assert cfg["Model"]["loss"]["train"]["name"] == "MSELoss"
     for override, allowed in [("Engine.mix_precision.dtype=float32", "float16, bfloat16"),
                               ("Optimizer.lr.name=Cosine", "LinearDecayWithWarmup, Constant"),
-                              ("Model.metric.eval.name=F1", "Accuracy, Mcc, AccuracyAndF1, PearsonAndSpearman")]:
+                              ("Model.metric.eval.name=F1",
+                               "Accuracy, Mcc, AccuracyAndF1, PearsonAndSpearman")]:
         with pytest.raises(ConfigError, match=f"allowed values: {allowed}"):
             load_config(TINY, [override])
 
@@ -366,3 +368,13 @@ def test_duplicate_key_in_a_file_is_an_error(tmp_path):
     path = write(tmp_path, "dup.yaml", "A:\n  x: 1\n  y: 2\n  x: 3\nB: {name: n}\n")
     with pytest.raises(ConfigError, match=r"dup\.yaml:4: invalid YAML: duplicate key 'x'"):
         load_config(path, schema=TOY)
+
+
+def test_config_package_does_not_import_paddle():
+    import subprocess
+    import sys
+
+    code = ("import sys, ppmerge.config, ppmerge.config.markdown; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paddle', 'paddlenlp')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

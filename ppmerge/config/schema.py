@@ -158,7 +158,8 @@ class Section:
                 continue
             if not self.open:
                 child = _join(key, name)
-                raise ConfigError(f"{_where(where, child)}: " + unknown_key_message(key, str(name), self, root=root))
+                raise ConfigError(f"{_where(where, child)}: "
+                                  + unknown_key_message(key, str(name), self, root=root))
             result[name] = copy.deepcopy(value[name])
         return result
 
