@@ -1,11 +1,13 @@
 """GLUEDataset: one task split, tokenized once up front (fast tokenizer, batched)."""
 import numpy as np
-import paddle
 
 from ppmerge.data.readers import normalize_split, read_examples
 from ppmerge.data.tasks import get_task
 from ppmerge.data.tokenizer import EOS_ID
 from ppmerge.errors import UserError
+from ppmerge.runtime import import_paddle
+
+paddle = import_paddle()   # quiet import, every CPU core
 
 _CHUNK = 4096   # examples per tokenizer call: fast, and bounded memory on MNLI's 393k pairs
 

@@ -2,10 +2,12 @@
 import math
 
 import numpy as np
-import paddle
 
 from ppmerge.data.collate import collate_batch
 from ppmerge.errors import UserError
+from ppmerge.runtime import import_paddle
+
+paddle = import_paddle()   # quiet import, every CPU core
 
 
 class ShuffleBatchSampler(paddle.io.BatchSampler):
