@@ -1,0 +1,40 @@
+"""The engine's view of `Data.{Train,Eval,Test}`: datasets and loaders built through ppmerge.data."""
+import functools
+
+from ppmerge.errors import ConfigError
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(vocab_file, merges_file):
+    from ppmerge.data import load_tokenizer
+
+    return load_tokenizer(vocab_file, merges_file)
+
+
+def build_dataset(cfg, mode, split=None):
+    """GLUEDataset for `Data.<mode>.dataset` (split overridable, e.g. eval.py --split test)."""
+    from ppmerge.data import GLUEDataset
+
+    section = (cfg.get("Data") or {}).get(mode)
+    if not section or not section.get("dataset"):
+        raise ConfigError(f"Data.{mode}.dataset: missing (expected name, root, split, max_length)")
+    ds = section["dataset"]
+    tok = cfg.get("Tokenizer") or {}
+    return GLUEDataset(ds["name"], ds["root"], split or ds.get("split") or "train",
+                       _tokenizer(tok.get("vocab_file"), tok.get("merges_file")),
+                       max_length=int(ds.get("max_length") or 128))
+
+
+def build_loader(cfg, mode, dataset, num_replicas=1, rank=0, train=True):
+    """DataLoader over `dataset` with `Data.<mode>.sampler` / `.loader`; eval never shuffles or drops."""
+    from ppmerge.data import build_dataloader
+
+    section = (cfg.get("Data") or {}).get(mode) or {}
+    sampler = section.get("sampler") or {}
+    loader = section.get("loader") or {}
+    batch_size = int(sampler.get("batch_size") or cfg["Global"].get("micro_batch_size") or 32)
+    return build_dataloader(dataset, batch_size,
+                            shuffle=bool(sampler.get("shuffle", True)) and train,
+                            drop_last=bool(sampler.get("drop_last", False)) and train,
+                            seed=int(cfg["Global"]["seed"]), num_workers=int(loader.get("num_workers") or 0),
+                            num_replicas=num_replicas, rank=rank)
