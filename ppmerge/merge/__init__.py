@@ -1,0 +1,9 @@
+"""Model merging: task vectors, sparsifiers, one file per method, all registered in `METHODS`.
+
+    from ppmerge.merge import METHODS, get_method
+    merged = get_method("ties_merging")(base, models, threshold=20, scaling_factor=0.3)
+"""
+from ppmerge.merge.registry import METHODS, MergeContext, MergeMethod, Param, get_method, register  # noqa: F401
+from ppmerge.merge import methods  # noqa: F401,E402  (registers every method)
+
+__all__ = ["METHODS", "MergeContext", "MergeMethod", "Param", "get_method", "register"]

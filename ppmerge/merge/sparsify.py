@@ -1,0 +1,229 @@
+"""Task-vector sparsifiers: magnitude, random, n:m, DARE, and CABS's conflict-aware sequential masks.
+
+A spec (the `sparsify` parameter of the task-vector methods) is a dict:
+  {name: magnitude|random|nm|dare, ratio (alias sparsity_ratio): fraction dropped, n, m, rescale,
+   seed, scope: tensor|global, conflict_aware: false, order: [pool indices]}
+
+What each keeps (entries with τ = 0 are never counted as kept):
+- magnitude: the top (1 − ratio) of |τ|. FusionBench's rule: with d entries and density q = 1 − ratio,
+  keep |τ| ≥ the k-th smallest |τ|, k = d − floor(d·q) (ties at the threshold are all kept). `scope`
+  tensor ranks within each tensor, global ranks over the whole task vector (all tensors of a model).
+- random / dare: keep each entry with probability 1 − ratio; the draw for model i and tensor `key`
+  comes from numpy's default_rng([seed, i, crc32(key)]) (uniform in [0,1), kept where ≥ ratio), so it
+  does not depend on the device or on the order tensors are visited.
+- nm: along the last dimension (1-D tensors: the vector), each block of m consecutive entries keeps its
+  n largest |τ|; a trailing block of r < m entries keeps min(n, r). (CABS uses blocks of the whole
+  flattened tensor and drops a trailing partial block; for last dimensions divisible by m the blocks
+  are the same.)
+- rescale: kept entries × 1/(1 − ratio) (nm: × m/n). Default true for dare, false otherwise.
+- conflict_aware (CABS "CA"): masks are made in `order` (default pool order); model j's mask is
+  computed on its residual τ_j ⊙ [position not kept by an earlier model] and restricted to those free
+  positions, so the kept sets of different models are disjoint. Magnitude thresholds (tensor or global)
+  are taken over the residual, whose taken positions count as zeros, as in CABS's
+  `param2 *= (1 - mask1)` before pruning param2.
+"""
+import zlib
+
+import numpy as np
+
+from ppmerge.errors import ConfigError
+from ppmerge.merge.registry import Param, check_param
+from ppmerge.merge.tensor_ops import paddle, to_host
+
+SPARSIFIERS = ("magnitude", "random", "nm", "dare")
+
+SPEC_FIELDS = {
+    "name": Param("str", None, "which sparsifier", choices=SPARSIFIERS),
+    "ratio": Param("float", None, "fraction of entries dropped (magnitude, random, dare)", nullable=True),
+    "sparsity_ratio": Param("float", None, "alias of ratio", nullable=True),
+    "n": Param("int", 2, "nm: entries kept per block"),
+    "m": Param("int", 4, "nm: block size"),
+    "rescale": Param("bool", None, "multiply kept entries by 1/(kept fraction); default true for dare",
+                     nullable=True),
+    "seed": Param("int", 0, "random / dare: seed of the masks"),
+    "scope": Param("str", "tensor", "magnitude: rank per tensor or over the whole task vector",
+                   choices=("tensor", "global")),
+    "conflict_aware": Param("bool", False, "CABS: sequential masks, disjoint kept sets"),
+    "order": Param("list[int]", None, "conflict_aware: pool indices in masking order", nullable=True),
+}
+
+
+def parse_sparsify(spec, where="Merge.sparsify"):
+    """Validate a sparsify spec (dict, or just a name) and return it complete, with `density` = the
+    fraction kept, `scale` = the rescale factor. None/empty → None."""
+    if not spec:
+        return None
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{name: magnitude, ratio: 0.8}}, got {spec!r}")
+    import difflib
+
+    for key in spec:
+        if key not in SPEC_FIELDS:
+            hint = difflib.get_close_matches(key, list(SPEC_FIELDS), n=1)
+            near = f"; did you mean {where}.{hint[0]}?" if hint else ""
+            raise ConfigError(f"{where}.{key}: unknown sparsify key{near} (known: {', '.join(SPEC_FIELDS)})")
+    if "name" not in spec:
+        raise ConfigError(f"{where}.name: missing; expected one of {', '.join(SPARSIFIERS)}")
+    name = str(spec["name"]).replace("n:m", "nm")
+    out = {k: p.default for k, p in SPEC_FIELDS.items()}
+    out.update({k: check_param(SPEC_FIELDS[k], v, f"{where}.{k}") for k, v in dict(spec, name=name).items()})
+    if out["ratio"] is not None and out["sparsity_ratio"] is not None and out["ratio"] != out["sparsity_ratio"]:
+        raise ConfigError(f"{where}: ratio and sparsity_ratio disagree ({out['ratio']} vs {out['sparsity_ratio']})")
+    ratio = next((r for r in (out["ratio"], out["sparsity_ratio"]) if r is not None), 0.5)
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError(f"{where}.ratio: expected a fraction in [0, 1], got {ratio}")
+    if not 1 <= out["n"] <= out["m"]:
+        raise ConfigError(f"{where}: expected 1 <= n <= m, got n={out['n']}, m={out['m']}")
+    if out["seed"] < 0:
+        raise ConfigError(f"{where}.seed: expected a non-negative integer, got {out['seed']}")
+    if out["rescale"] is None:
+        out["rescale"] = name == "dare"
+    out["ratio"] = out["sparsity_ratio"] = ratio
+    out["density"] = out["n"] / out["m"] if name == "nm" else round(1.0 - ratio, 12)
+    if out["rescale"] and out["density"] <= 0:
+        raise ConfigError(f"{where}: cannot rescale when every entry is dropped (ratio 1.0); set rescale: false")
+    out["scale"] = 1.0 / out["density"] if out["rescale"] else 1.0
+    return out
+
+
+def check_sparsify(value, where):
+    """Param.check hook: validates, keeps the user's dict (the methods parse it again)."""
+    parse_sparsify(value, where)
+    return value
+
+
+SPARSIFY_PARAM = Param("dict|str", None, "sparsify task vectors first: {name: magnitude|random|nm|dare, "
+                       "ratio, n, m, rescale, seed, scope, conflict_aware}", nullable=True, check=check_sparsify)
+
+
+# --- masks: paddle bool tensors on the current device -------------------------------------------------
+
+def kth_smallest_rank(d, density):
+    """FusionBench's rank: keep |τ| ≥ the k-th smallest of d, k = d − floor(d·density); None = keep all."""
+    k = d - int(d * density)
+    return None if k <= 0 else k
+
+
+def magnitude_mask(magnitude, density):
+    """Per tensor: |τ| ≥ the k-th smallest |τ| (FusionBench's topk_values_mask rule)."""
+    pd = paddle()
+    if density <= 0:
+        return pd.zeros(magnitude.shape, dtype="bool")
+    k = kth_smallest_rank(int(magnitude.numel()), density)
+    if k is None:
+        return pd.ones(magnitude.shape, dtype="bool")
+    threshold, _ = pd.kthvalue(magnitude.flatten(), k)
+    return magnitude >= threshold
+
+
+def global_threshold(magnitudes, sizes, density):
+    """The k-th smallest |τ| over all tensors of one model (numpy on CPU, no concatenation on the device).
+    `magnitudes` yields |τ| per tensor; returns −inf (keep all) or +inf (keep none) at the extremes."""
+    total = sum(sizes)
+    if density <= 0:
+        return float("inf")
+    k = kth_smallest_rank(total, density)
+    if k is None:
+        return float("-inf")
+    flat, at = np.empty(total, dtype=np.float32), 0
+    for magnitude, size in zip(magnitudes, sizes):
+        flat[at:at + size] = to_host(magnitude).ravel()
+        at += size
+    flat.partition(k - 1)
+    return float(flat[k - 1])
+
+
+def nm_mask(magnitude, n, m):
+    """Each block of m consecutive entries along the last dimension keeps its n largest |τ|."""
+    pd = paddle()
+    shape = list(magnitude.shape)
+    last = shape[-1] if shape else 1
+    rows = magnitude.reshape([-1, last])
+    pad = (-last) % m
+    if pad:  # padding ranks below every |τ| ≥ 0, so a short block keeps min(n, r) real entries
+        rows = pd.concat([rows, pd.full([rows.shape[0], pad], -1.0, dtype=rows.dtype)], axis=1)
+    blocks = rows.reshape([rows.shape[0], -1, m])
+    _, index = pd.topk(blocks, k=n, axis=-1)
+    mask = pd.put_along_axis(pd.zeros_like(blocks), index, 1.0, axis=-1)
+    return (mask.reshape([rows.shape[0], -1])[:, :last] > 0).reshape(shape)
+
+
+def random_keep(shape, ratio, seed, model_index, key):
+    """DARE's Bernoulli(1 − ratio) keep mask for one model and tensor, reproducible from the seed."""
+    rng = np.random.default_rng([seed, model_index, zlib.crc32(key.encode("utf-8"))])
+    return paddle().to_tensor(rng.random(tuple(shape)) >= ratio)
+
+
+class Sparsifier:
+    """Applies one spec to the task vectors of a pool of `num_models` models.
+
+    `prepare(source, shapes)` makes what needs whole models (global thresholds, conflict-aware masks);
+    `source(i, key)` gives τ_i[key] on the device. Then `apply(i, key, tau)` returns the sparsified τ."""
+
+    def __init__(self, spec, num_models, order=None, where="Merge.sparsify"):
+        self.spec = parse_sparsify(spec, where) if "density" not in spec else spec
+        self.num_models = num_models
+        order = order if order is not None else self.spec["order"]
+        self.order = list(range(num_models)) if order is None else list(order)
+        if sorted(self.order) != list(range(num_models)):
+            raise ConfigError(f"{where}.order: expected a permutation of the pool indices 0..{num_models - 1}, "
+                              f"got {self.order}")
+        self.thresholds = {}   # model index -> global magnitude threshold
+        self.owner = None      # conflict-aware: key -> int16 array, the model that keeps each position (-1: none)
+
+    @property
+    def data_free(self):
+        """Masks that do not look at τ (random / dare, not conflict-aware): usable while streaming."""
+        return self.spec["name"] in ("random", "dare") and not self.spec["conflict_aware"]
+
+    def _global(self):
+        return self.spec["name"] == "magnitude" and self.spec["scope"] == "global"
+
+    def mask(self, i, key, magnitude):
+        """Model i's keep mask for one tensor, from |τ| (bool, on the device)."""
+        spec = self.spec
+        if spec["name"] == "magnitude":
+            keep = magnitude >= self.thresholds[i] if self._global() else magnitude_mask(magnitude, spec["density"])
+        elif spec["name"] == "nm":
+            keep = nm_mask(magnitude, spec["n"], spec["m"])
+        else:
+            keep = random_keep(magnitude.shape, spec["ratio"], spec["seed"], i, key)
+        return keep & (magnitude > 0)
+
+    def keep_scale(self, i, key, shape):
+        """For data-free masks: the float multiplier (mask × scale) of model i's τ on one tensor."""
+        return random_keep(shape, self.spec["ratio"], self.spec["seed"], i, key).astype("float32") * self.spec["scale"]
+
+    def prepare(self, source, shapes):
+        if self.spec["conflict_aware"]:
+            self._prepare_conflict_aware(source, shapes)
+        elif self._global():
+            for i in range(self.num_models):
+                self.thresholds[i] = global_threshold((source(i, k).abs() for k in shapes),
+                                                      [int(np.prod(s)) for s in shapes.values()], self.spec["density"])
+
+    def _prepare_conflict_aware(self, source, shapes):
+        pd = paddle()
+        self.owner = {key: np.full(shape, -1, dtype=np.int16) for key, shape in shapes.items()}
+
+        def residual(i, key):  # τ_i where no earlier model kept the position, 0 elsewhere
+            free = pd.to_tensor(self.owner[key] < 0)
+            return source(i, key).abs() * free.astype("float32"), free
+
+        for i in self.order:
+            if self._global():
+                self.thresholds[i] = global_threshold((residual(i, k)[0] for k in shapes),
+                                                      [int(np.prod(s)) for s in shapes.values()], self.spec["density"])
+            for key in shapes:
+                magnitude, free = residual(i, key)
+                keep = to_host(self.mask(i, key, magnitude) & free, bool)
+                self.owner[key][keep] = i
+
+    def apply(self, i, key, tau):
+        if self.owner is not None:
+            keep = paddle().to_tensor(self.owner[key] == i)
+        else:
+            keep = self.mask(i, key, tau.abs())
+        return tau * keep.astype("float32") * self.spec["scale"]

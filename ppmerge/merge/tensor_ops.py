@@ -1,0 +1,59 @@
+"""Moving one tensor at a time between state dicts (numpy or paddle, any device) and the compute device.
+
+Merging math runs in paddle on `paddle.get_device()`, in float32, key by key: a key's tensors go to the
+device, the result comes back as a numpy array in the base's dtype. So a GPU never holds whole models.
+"""
+import numpy as np
+
+_PADDLE = None
+
+
+def paddle():
+    """paddle, imported once (quietly, all CPU cores) on first use."""
+    global _PADDLE
+    if _PADDLE is None:
+        from ppmerge.runtime import import_paddle
+
+        _PADDLE = import_paddle()
+    return _PADDLE
+
+
+def numpy_dtype(x):
+    """The numpy dtype of a numpy array or a paddle tensor (bfloat16 counts as float32)."""
+    if isinstance(x, np.ndarray):
+        return x.dtype
+    name = str(x.dtype).replace("paddle.", "")
+    return np.dtype("float32") if name == "bfloat16" else np.dtype(name)
+
+
+def is_floating(x):
+    return np.issubdtype(numpy_dtype(x), np.floating)
+
+
+def to_device(x):
+    """A float32 paddle tensor on the current device (a copy when x is numpy or lives elsewhere)."""
+    pd = paddle()
+    if isinstance(x, np.ndarray):
+        return pd.to_tensor(np.ascontiguousarray(x, dtype=np.float32))
+    if x.dtype != pd.float32:
+        x = x.astype("float32")
+    device = pd.get_device()  # "cpu", "gpu:0"; a tensor's place prints as "Place(gpu:0)"
+    if str(x.place) != f"Place({device})":
+        x = x.to(device)
+    return x
+
+
+def to_host(t, dtype=np.float32):
+    """A paddle tensor (or numpy array) back as a numpy array of `dtype`."""
+    array = t if isinstance(t, np.ndarray) else t.numpy()
+    return array.astype(dtype, copy=False)
+
+
+def as_numpy(x):
+    """A CPU numpy view/copy of a state-dict value, whatever it is."""
+    return x if isinstance(x, np.ndarray) else x.numpy()
+
+
+def float_keys(base):
+    """The keys of the floating-point tensors: those are merged; others are copied from the base."""
+    return [k for k, v in base.items() if is_floating(v)]
