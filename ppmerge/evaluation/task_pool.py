@@ -170,15 +170,22 @@ class TaskPool:
             raise CheckpointError(f"backbone: key {missing[0]!r} is missing ({len(missing)} missing in all)")
         self._assign(model, backbone, "backbone")
 
-    def load_head(self, model, task, head):
+    @staticmethod
+    def _head(heads, task):
+        """heads[task], or a one-line error when the pool has no head for it."""
+        head = heads.get(task)
         if not head:
             raise CheckpointError(f"no head for task {task!r} (the model pool has no model for it)")
-        self._assign(model, head, f"head of {task}")
+        return head
+
+    def load_head(self, model, task, head):
+        self._assign(model, self._head({task: head}, task), f"head of {task}")
 
     def load_model(self, task, backbone, head):
         """The pool's skeleton for `task`, holding `backbone` and `head` (shared: reloaded per use)."""
+        head = self._head({task: head}, task)
         model = self.skeleton(self.spec(task).num_classes)
-        self.load_backbone(model, backbone, head_names=set(head or ()))
+        self.load_backbone(model, backbone, head_names=set(head))
         self.load_head(model, task, head)
         return model
 
@@ -242,10 +249,10 @@ class TaskPool:
             for task in tasks:
                 bar.set_postfix_str(task)
                 start = time.perf_counter()
-                head = heads.get(task)
+                head = self._head(heads, task)
                 model = self.skeleton(self.specs[task].num_classes)
                 if id(model) not in loaded:
-                    self.load_backbone(model, backbone, head_names=set(head or ()))
+                    self.load_backbone(model, backbone, head_names=set(head))
                     loaded.add(id(model))
                 self.load_head(model, task, head)
                 outputs, labels = self._run(model, task, lambda m, ids, lens: m(ids, lens), bar)
@@ -270,10 +277,10 @@ class TaskPool:
                 for task in tasks:
                     bar.set_postfix_str(task)
                     start = time.perf_counter()
-                    head = heads.get(task)
+                    head = self._head(heads, task)
                     model = self.skeleton(self.specs[task].num_classes)
                     if id(model) not in loaded:
-                        self.load_backbone(model, backbone, head_names=set(head or ()))
+                        self.load_backbone(model, backbone, head_names=set(head))
                         loaded.add(id(model))
                     hidden, labels[task] = self._run(model, task, lambda m, ids, lens: m.pooled_hidden(ids, lens), bar)
                     pooled[task] = hidden if pooled[task] is None else pooled[task] + hidden
@@ -282,7 +289,7 @@ class TaskPool:
         for task in tasks:
             start = time.perf_counter()
             model = self.skeleton(self.specs[task].num_classes)
-            self.load_head(model, task, heads.get(task))
+            self.load_head(model, task, self._head(heads, task))
             with paddle.no_grad():
                 outputs = model.score(paddle.to_tensor(pooled[task] / len(backbones))).numpy()
             seconds[task] += time.perf_counter() - start
