@@ -21,14 +21,22 @@ def merge_per_key(base, models, combine):
     """merged[key] = combine(key, θ₀, [θ_1 … θ_n]) with paddle float32 tensors on the current device,
     one key at a time; the result comes back as numpy in the base's dtype. Non-float keys (none in
     GPT) are copied from the base."""
+    return _each_key(base, lambda key, theta0: combine(key, theta0, [to_device(m[key]) for m in models]))
+
+
+def merge_task_vectors(base, models, combine, source=None):
+    """merged[key] = combine(key, θ₀, [τ_1 … τ_n]) key by key; `source(i, key)` gives the (sparsified) τ_i."""
+    source = source or task_vector_source(base, models)
+    return _each_key(base, lambda key, theta0: combine(key, theta0, [source(i, key) for i in range(len(models))]))
+
+
+def _each_key(base, compute):
     merged = {}
     for key, value in base.items():
-        if not is_floating(value):
+        if is_floating(value):
+            merged[key] = to_host(compute(key, to_device(value)), numpy_dtype(value))
+        else:
             merged[key] = np.array(as_numpy(value))
-            continue
-        theta0 = to_device(value)
-        thetas = [to_device(model[key]) for model in models]
-        merged[key] = to_host(combine(key, theta0, thetas), numpy_dtype(value))
     return merged
 
 
@@ -36,8 +44,13 @@ def task_vector_source(base, models, sparsify=None, order=None):
     """A function (i, key) -> τ_i[key] on the device, sparsified by the `sparsify` spec (a dict, see
     ppmerge.merge.sparsify) when one is given; masks that need a pass over whole models (global
     thresholds, conflict-aware masks) are computed here, once."""
+    last = {}  # θ₀[key] on the device, for the key being merged (keys are visited one at a time)
+
     def raw(i, key):
-        return to_device(models[i][key]) - to_device(base[key])
+        if key not in last:
+            last.clear()
+            last[key] = to_device(base[key])
+        return to_device(models[i][key]) - last[key]
 
     if not sparsify:
         return raw
@@ -51,10 +64,3 @@ def task_vector_source(base, models, sparsify=None, order=None):
 def float_key_shapes(base):
     """{key: shape} of the float tensors, in state-dict order."""
     return {k: tuple(v.shape) for k, v in base.items() if is_floating(v)}
-
-
-def merge_task_vectors(base, models, combine, source=None):
-    """merged[key] = combine(key, θ₀, [τ_1 … τ_n]) key by key; `source(i, key)` gives the (sparsified) τ_i."""
-    source = source or task_vector_source(base, models)
-    return merge_per_key(base, models, lambda key, theta0, _: combine(key, theta0, [
-        source(i, key) for i in range(len(models))]))
