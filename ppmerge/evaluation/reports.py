@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ppmerge.fileio import atomic_path, write_text
+from ppmerge.fileio import atomic_open, write_text
 
 AVG = "Avg."
 
@@ -84,10 +84,10 @@ def write_reports(result, out_dir):
     if result.get("best") is not None:
         header += f"Best sweep point: {result['best']}\n\n"
     write_text(paths["md"], header + markdown_table(result))
-    with atomic_path(paths["xlsx"]) as tmp:
-        import pandas as pd
+    import pandas as pd
 
-        with pd.ExcelWriter(tmp, engine="openpyxl") as writer:
+    with atomic_open(paths["xlsx"], "wb") as f:  # a file object: pandas checks a path's extension
+        with pd.ExcelWriter(f, engine="openpyxl") as writer:
             table.to_excel(writer, sheet_name="results", index=False)
             metrics_long(result).to_excel(writer, sheet_name="metrics", index=False)
     return paths

@@ -104,6 +104,10 @@ class ModelPool:
                                       f"(every key matches head_keys {self.head_pattern.pattern!r})")
         return self._base
 
+    def forget_base(self):
+        """Drop the cached base (a streamed merge consumed its buffers); it is reloaded if asked for."""
+        self._base = None
+
     def load(self, task):
         """Load one fine-tuned model: check it, keep its head, return its backbone."""
         path = self.paths[task]

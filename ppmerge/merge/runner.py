@@ -28,8 +28,15 @@ def _seed_everything(seed):
     import_paddle().seed(seed)
 
 
+class _Layout:
+    """Shape and dtype of a base tensor (what a merged tensor must come back as)."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = tuple(shape), dtype
+
+
 def _to_numpy_backbone(merged, base):
-    """The method's result (numpy or paddle values) as numpy arrays in the base's dtypes."""
+    """The method's result (numpy or paddle values) as numpy arrays in the base's dtypes and shapes."""
     from ppmerge.merge.tensor_ops import as_numpy
 
     missing = [k for k in base if k not in merged]
@@ -47,10 +54,26 @@ def merged_state_dict(backbone, heads):
     return state_dict
 
 
-class _Merger:
-    """Runs one method on the pool, with the right form: streamed, all-in-memory, or with data."""
+class _SizedStream:
+    """The pool's models one at a time, with len() (the streaming methods need the count up front)."""
 
-    def __init__(self, method, pool, context_factory, stream, progress):
+    def __init__(self, pool, bar):
+        self.pool, self.bar = pool, bar
+
+    def __len__(self):
+        return len(self.pool.tasks)
+
+    def __iter__(self):
+        for _, backbone in self.pool.stream():
+            yield backbone
+            self.bar.update(1)
+
+
+class _Merger:
+    """Runs one method on the pool, in the right form: streamed, all in memory, or with data."""
+
+    def __init__(self, method, pool, context_factory, stream, consume, progress):
+        self.consume = consume
         self.method = method
         self.pool = pool
         self.context_factory = context_factory
@@ -60,36 +83,28 @@ class _Merger:
     def __call__(self, params, desc):
         pool = self.pool
         if self.stream:
-            # One fine-tuned model in memory at a time; the bar counts models.
-            bar = tqdm(total=len(pool.tasks), desc=desc, unit="model", file=sys.stderr, leave=False,
-                       disable=not self.progress, dynamic_ncols=True)
-            with bar:
-                def models():
-                    for _, backbone in pool.stream():
-                        yield backbone
-                        bar.update(1)
-                merged = self.method.stream(pool.base, models(), **params)
-        else:
-            models = [pool.backbones()[task] for task in pool.tasks]
+            # One fine-tuned model in memory at a time; with consume, accumulated into the base's own
+            # buffers: peak ~2 x one model (the base is spent afterwards), else ~3 x.
+            with tqdm(total=len(pool.tasks), desc=desc, unit="model", file=sys.stderr, leave=False,
+                      disable=not self.progress, dynamic_ncols=True) as bar:
+                base = pool.base
+                layout = {k: _Layout(np.shape(v), np.asarray(v).dtype) for k, v in base.items()}
+                merged = self.method.stream(base, _SizedStream(pool, bar), consume=self.consume, **params)
+                if self.consume:
+                    pool.forget_base()
+            return _to_numpy_backbone(merged, layout)
+        base = pool.base
+        models = [pool.backbones()[task] for task in pool.tasks]
+        with tqdm(total=1, desc=desc, file=sys.stderr, leave=False, disable=not self.progress,
+                  dynamic_ncols=True) as bar:
             if self.method.data_dependent:
-                merged = self.method.fn(pool.base, models, context=self.context_factory(), **params)
+                merged = self.method.fn(base, models, context=self.context_factory(), **params)
             else:
-                merged = self.method.fn(pool.base, models, **params)
+                merged = self.method.fn(base, models, **params)
+            bar.update(1)
         if getattr(merged, "is_ensemble", False):
             return merged
-        return _to_numpy_backbone(_with_progress(merged, desc, self.progress), pool.base)
-
-
-def _with_progress(merged, desc, progress):
-    """Bring the merged tensors back to the host one by one under a per-tensor bar."""
-    from ppmerge.merge.tensor_ops import as_numpy
-
-    keys = list(merged)
-    out = {}
-    for key in tqdm(keys, desc=f"{desc} (tensors)", unit="tensor", file=sys.stderr, leave=False,
-                    disable=not progress, dynamic_ncols=True):
-        out[key] = as_numpy(merged[key])
-    return out
+        return _to_numpy_backbone(merged, base)
 
 
 def _row(name, kind, metrics, tasks, params=None, **extra):
@@ -129,7 +144,8 @@ def run_merge(cfg, progress=True):
     task_pool = TaskPool.from_config({**cfg["TaskPool"], "tasks": tasks, "seed": seed}, progress=progress)
 
     refs = cfg["Output"]["reference_rows"]
-    stream = (len(points) == 1 and method.stream is not None and not method.data_dependent
+    # Stream (one model in memory at a time) when nothing needs all the fine-tuned backbones at once.
+    stream = (len(points) == 1 and not method.data_dependent and method.can_stream(points[0][2])
               and not refs["finetuned"] and not refs["cross_task"])
 
     def context():
@@ -139,11 +155,12 @@ def run_merge(cfg, progress=True):
                             device=device, seed=seed)
 
     tick = time.perf_counter()
-    base = pool.base
+    pool.base
     if not stream:
         pool.backbones()  # every model loaded (and checked) once, also for the whole sweep
     timings["load"] = time.perf_counter() - tick
-    merger = _Merger(method, pool, context, stream, progress)
+    # A streamed merge may accumulate into the base's own buffers unless the base row needs the base.
+    merger = _Merger(method, pool, context, stream, consume=not refs["base"], progress=progress)
 
     rows, best_model, best_row = [], None, None
     timings["merge"] = timings["evaluate"] = 0.0
@@ -172,7 +189,8 @@ def run_merge(cfg, progress=True):
     tick = time.perf_counter()
     reference = []
     if refs["base"]:
-        reference.append(_row("base", "base", task_pool.evaluate(base, pool.heads, tasks, desc="evaluate base"), tasks))
+        reference.append(_row("base", "base", task_pool.evaluate(pool.base, pool.heads, tasks, desc="evaluate base"),
+                              tasks))
     cross = []
     if refs["cross_task"]:
         matrix = task_pool.cross_task_matrix(pool.backbones(), pool.heads, tasks)

@@ -1,0 +1,66 @@
+"""Extract a task vector: tau = theta_finetuned - theta_base, key by key (as CABS's scripts do).
+
+    python tools/extract_task_vector.py --finetuned_model_path output/finetune/CoLA/model.pdparams \
+        --base_model_path ckpt/gpt-345m/model.pdparams --save_path output/task_vectors/CoLA.pdparams
+
+Keys of the fine-tuned model that the base lacks (its classification head, typically) are kept as
+they are, and the tool lists them. The format of --save_path follows its extension
+(.pdparams or .safetensors).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ppmerge.cli import run_tool  # noqa: E402
+from ppmerge.errors import CheckpointError  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
+    parser.add_argument("--finetuned_model_path", required=True, help="the fine-tuned model file")
+    parser.add_argument("--base_model_path", required=True, help="the pretrained base model file")
+    parser.add_argument("--save_path", required=True, help="where to write the task vector")
+    return parser.parse_args(argv)
+
+
+def task_vector(finetuned, base):
+    """(tau, kept): tau[k] = finetuned[k] - base[k]; keys the base lacks are copied and listed in kept
+    (integer tensors, if any, are copied too: a difference of ids means nothing)."""
+    import numpy as np
+
+    tau, kept = {}, []
+    for key, value in finetuned.items():
+        if key not in base:
+            tau[key] = value
+            kept.append(key)
+            continue
+        if not np.issubdtype(value.dtype, np.floating):
+            tau[key] = value
+            continue
+        if base[key].shape != value.shape:
+            raise CheckpointError(f"key {key!r}: fine-tuned shape {list(value.shape)} vs base {list(base[key].shape)}")
+        tau[key] = (value.astype(np.float32) - base[key].astype(np.float32)).astype(value.dtype)
+    return tau, kept
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from ppmerge.models.checkpoint import load_numpy_state_dict, save_state_dict
+
+    for path in (args.finetuned_model_path, args.base_model_path):
+        if not os.path.exists(path):
+            raise CheckpointError(f"model file {path!r} does not exist")
+    finetuned = load_numpy_state_dict(args.finetuned_model_path)
+    base = load_numpy_state_dict(args.base_model_path)
+    tau, kept = task_vector(finetuned, base)
+    save_state_dict(tau, args.save_path)
+    if kept:
+        print(f"kept as they are (not in the base model): {', '.join(kept)}")
+    print(f"task vector of {len(tau) - len(kept)} tensors written to {args.save_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_tool(main)
