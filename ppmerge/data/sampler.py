@@ -15,10 +15,12 @@ class ShuffleBatchSampler(paddle.io.BatchSampler):
 
     * Order: epoch e is the permutation from np.random.default_rng([seed, e]) (or 0..n-1 when not
       shuffling), so a run is repeatable and a resumed run sees the same order.
-    * Ranks: like paddle's DistributedBatchSampler, the epoch order is padded by wrapping around to
-      a multiple of num_replicas and rank r takes positions r, r + R, r + 2R, ...: shards are
-      disjoint (up to the few wrapped samples), cover the data, and are equal in size so every rank
-      does the same number of steps.
+    * Ranks: sharded exactly like paddle's DistributedBatchSampler. The epoch order is padded by
+      wrapping around (its first samples repeat) to a multiple of num_replicas R; each global batch
+      is B * R consecutive positions and rank r takes its r-th block of B (the last, shorter global
+      batch is split into R equal parts). So the R ranks of one step together see the batch a
+      single process with batch B * R would; shards are disjoint (up to the < R wrapped samples),
+      cover the data, and are equal in size, so every rank does the same number of steps.
     * Resume: set_start_step(k) makes the next pass over the sampler skip its first k batches (one
       shot: later epochs start at 0). len() is always the full epoch's number of batches.
     """
@@ -59,10 +61,15 @@ class ShuffleBatchSampler(paddle.io.BatchSampler):
     def rank_indices(self):
         """This rank's indices for the current epoch (wrap-padded to an equal share)."""
         order = self.epoch_order()
-        total = math.ceil(self.num_samples / self.num_replicas) * self.num_replicas
-        if total > len(order) and len(order):
-            order = np.resize(order, total)   # wraps: repeats the order's first samples
-        return order[self.rank::self.num_replicas]
+        if self.num_samples == 0:
+            return order
+        replicas, size = self.num_replicas, self.batch_size
+        total = math.ceil(self.num_samples / replicas) * replicas
+        order = np.resize(order, total)   # wraps: repeats the order's first samples
+        full = total - total % (size * replicas)
+        body = order[:full].reshape(-1, replicas, size)[:, self.rank].ravel()
+        tail = order[full:].reshape(replicas, -1)[self.rank]
+        return np.concatenate([body, tail])
 
     def __iter__(self):
         skip, self.start_step = self.start_step, 0
