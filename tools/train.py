@@ -1,0 +1,51 @@
+"""Fine-tune a GPT model on a GLUE task (PaddleFleetX's tools/train.py).
+
+    python tools/train.py -c configs/gpt/finetune_gpt_345M_single_card_glue.yaml \
+        -o Data.Train.dataset.name=CoLA -o Data.Train.dataset.root=./dataset/cola_public/ ...
+    python -m paddle.distributed.launch --nproc_per_node 2 tools/train.py -c ...   # data parallel
+
+--print-config (or PPMERGE_DRY_RUN=1) prints the resolved config and exits without training.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ppmerge.cli import run_tool  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
+    parser.add_argument("-c", "--config", required=True, help="training config YAML (configs/gpt/...)")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="A.B=v",
+                        help="override a config key (repeatable), e.g. -o Engine.num_train_epochs=5")
+    parser.add_argument("--device", default=None, help="cpu, gpu, gpu:N, xpu or npu (overrides Global.device)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from ppmerge.config import dump_config, load_config
+    from ppmerge.runtime import parse_device
+
+    overrides = list(args.override) + ([f"Global.device={args.device}"] if args.device else [])
+    cfg = load_config(args.config, overrides)
+    parse_device(cfg["Global"]["device"])  # a typo in the device fails before any heavy import
+    if os.environ.get("PADDLE_TRAINER_ID", "0") == "0":  # rank 0 only under paddle.distributed.launch
+        print(dump_config(cfg), end="", flush=True)
+    if args.print_config or os.environ.get("PPMERGE_DRY_RUN") not in (None, "", "0"):
+        return 0
+
+    from ppmerge.engine import Engine, FinetuneModule, build_dataset
+
+    train_data = build_dataset(cfg, "Train")  # data errors surface before the model is built
+    eval_data = build_dataset(cfg, "Eval") if (cfg["Data"].get("Eval") or {}).get("dataset") else None
+    engine = Engine(cfg, FinetuneModule(cfg))
+    engine.fit(train_data, eval_data)
+    return 0
+
+
+if __name__ == "__main__":
+    run_tool(main)
