@@ -41,7 +41,7 @@ def plot_sweep(result, path):
     """Plot the sweep rows of `result`; returns the path, or None if there is no sweep."""
     axes = result.get("sweep") or []
     rows = [r for r in result["rows"] if r["kind"] == "sweep"]
-    if not axes or not rows:
+    if not axes or not rows or not result["tasks"]:
         return None
     plt = _pyplot()
     tasks = result["tasks"]

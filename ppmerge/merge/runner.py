@@ -112,6 +112,10 @@ def _row(name, kind, metrics, tasks, params=None, **extra):
             "average": average(metrics, tasks), "best": False, **extra}
 
 
+def _score(row):
+    return -np.inf if row["average"] is None else row["average"]
+
+
 def run_merge(cfg, progress=True):
     """Run the merge described by `cfg` (a MERGE_SCHEMA-validated dict); return the result dict
     (also saved as report.json). See docs/ARCHITECTURE.md "ppmerge.merge — runner and config"."""
@@ -140,10 +144,14 @@ def run_merge(cfg, progress=True):
     if no_model:
         raise ConfigError(f"TaskPool.tasks: task {no_model[0]} has no fine-tuned model in ModelPool.models "
                           f"(its head is needed to evaluate it)")
-    from ppmerge.evaluation.task_pool import TaskPool
-    task_pool = TaskPool.from_config({**cfg["TaskPool"], "tasks": tasks, "seed": seed}, progress=progress)
-
     refs = cfg["Output"]["reference_rows"]
+    task_pool = None  # `TaskPool.tasks: []` turns evaluation off: merge and save only (benchmarks)
+    if tasks:
+        from ppmerge.evaluation.task_pool import TaskPool
+
+        task_pool = TaskPool.from_config({**cfg["TaskPool"], "tasks": tasks, "seed": seed}, progress=progress)
+    elif any(refs.values()):
+        raise ConfigError("Output.reference_rows: reference rows are evaluations, but TaskPool.tasks is empty")
     # Stream (one model in memory at a time) when nothing needs all the fine-tuned backbones at once.
     stream = (len(points) == 1 and not method.data_dependent and method.can_stream(points[0][2])
               and not refs["finetuned"] and not refs["cross_task"])
@@ -172,7 +180,9 @@ def run_merge(cfg, progress=True):
         timings["merge"] += time.perf_counter() - tick
         tick = time.perf_counter()
         heads = pool.heads
-        if getattr(merged, "is_ensemble", False):
+        if task_pool is None:
+            metrics = {}
+        elif getattr(merged, "is_ensemble", False):
             metrics = merged.evaluate(task_pool, heads, tasks)
         else:
             metrics = task_pool.evaluate(merged, heads, tasks, desc=f"evaluate {label}")
@@ -180,10 +190,10 @@ def run_merge(cfg, progress=True):
         row = _row(label if axes else method.name, "sweep" if axes else "merged", metrics, tasks,
                    params=params, sweep_values=assigned)
         rows.append(row)
-        if best_row is None or (row["average"] or -np.inf) > (best_row["average"] or -np.inf):
+        if best_row is None or _score(row) > _score(best_row):
             best_row, best_model = row, merged
         del merged
-    if axes:
+    if axes and tasks:
         best_row["best"] = True
 
     tick = time.perf_counter()
@@ -210,9 +220,9 @@ def run_merge(cfg, progress=True):
         "method": method.name,
         "params": points[0][2] if not axes else base_params,
         "sweep": [[key, values] for key, values in axes] or None,
-        "best": best_row["name"] if axes else None,
+        "best": best_row["name"] if axes and tasks else None,
         "tasks": tasks,
-        "main_metric": {t: task_pool.spec(t).metric for t in tasks},
+        "main_metric": {t: get_task(t).metric for t in tasks},
         "device": device,
         "rows": reference + rows + cross,
         "config": cfg,
