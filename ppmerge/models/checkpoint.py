@@ -10,7 +10,7 @@ import numpy as np
 from ppmerge.errors import CheckpointError
 from ppmerge.fileio import atomic_path
 from ppmerge.models import fleetx, hf_gpt2
-from ppmerge.models.safe_pickle import read_pickle, to_numpy, write_pickle
+from ppmerge.models.safe_pickle import bf16_as_uint16, read_pickle, to_numpy, write_pickle
 
 EXTENSIONS = (".pdparams", ".pdopt", ".safetensors")
 FOLDER_FILES = ("model.pdparams", "model_state.pdparams", "model.safetensors")
@@ -61,14 +61,14 @@ def _read_safetensors_numpy(path):
         with safe_open(path, framework="np") as f:
             for key in f.keys():
                 try:
-                    out[key] = f.get_tensor(key)
+                    out[key] = bf16_as_uint16(f.get_tensor(key))
                 except TypeError:  # bf16 has no numpy dtype: read through paddle, get uint16 bits
                     out[key] = None
         if any(v is None for v in out.values()):
             import safetensors.paddle
 
             tensors = safetensors.paddle.load_file(path)
-            out = {key: (tensors[key].numpy() if v is None else v) for key, v in out.items()}
+            out = {key: (to_numpy(tensors[key]) if v is None else v) for key, v in out.items()}
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable .safetensors file ({exc})") from None
     return out

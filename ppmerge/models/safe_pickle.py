@@ -94,13 +94,18 @@ def read_pickle(path):
     return _unwrap(obj)
 
 
+def bf16_as_uint16(array):
+    """ml_dtypes' bfloat16 arrays (made by some readers once ml_dtypes is imported) → paddle's uint16 bits."""
+    return array.view(np.uint16) if array.dtype.name == "bfloat16" else array
+
+
 def to_numpy(value):
     """A numpy array for a paddle tensor or array-like (bf16 becomes uint16, as paddle saves it)."""
     if isinstance(value, np.ndarray):
-        return value
+        return bf16_as_uint16(value)
     if hasattr(value, "numpy") and hasattr(value, "place"):  # paddle Tensor / Parameter
-        return value.numpy()
-    return np.asarray(value)
+        return bf16_as_uint16(value.numpy())
+    return bf16_as_uint16(np.asarray(value))
 
 
 def _to_saveable(obj):
