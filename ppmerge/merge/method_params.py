@@ -37,6 +37,8 @@ MERGE_FUNC = Param("str", "sum", "TIES: how agreeing entries combine", choices=(
 TOPK_SCOPE = Param("str", "global", "TIES: rank |τ| over the whole task vector (FusionBench) or per tensor "
                    "(mergekit)", choices=("global", "tensor"))
 
+DARE_PARAMS = {"sparsity_ratio": SPARSITY_RATIO, "rescale": RESCALE, "seed": SEED}
+
 
 def dare_spec(sparsity_ratio, rescale, seed):
     return {"name": "dare", "ratio": sparsity_ratio, "rescale": rescale, "seed": seed}
