@@ -280,3 +280,24 @@ def test_convert_cli(tmp_path, small_state):
     assert hf.returncode == 0, hf.stderr
     assert "-o Model.vocab_size=100" in hf.stdout and "-o Model.num_classes=3" in hf.stdout
     assert load_numpy_state_dict(tmp_path / "hf.pdparams")["score.weight"].shape == (32, 3)
+
+
+def test_split_big_params_are_reassembled(tmp_path):
+    """Protocol 2/3 paddle.save files split arrays over 1 GiB into slices (`UnpackBigParamInfor@@`)."""
+    whole = np.arange(12, dtype=np.float32).reshape(4, 3)
+    flat = whole.reshape(-1)
+    saved = {"w@@.0": flat[:5], "w@@.1": flat[5:], "b": np.ones(2, np.float32),
+             "UnpackBigParamInfor@@": {"w": {"OriginShape": (4, 3), "slices": ["w@@.0", "w@@.1"]}}}
+    with open(tmp_path / "big.pdparams", "wb") as f:
+        pickle.dump(saved, f, protocol=2)
+    loaded = load_numpy_state_dict(tmp_path / "big.pdparams")
+    assert sorted(loaded) == ["b", "w"]
+    np.testing.assert_array_equal(loaded["w"], whole)
+
+
+def test_importing_models_does_not_import_paddle():
+    """Tools import ppmerge.models before parsing arguments: --help must stay instant."""
+    code = "import sys, ppmerge.models; assert 'paddle' not in sys.modules and 'paddlenlp' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    result = run_convert("--help")
+    assert result.returncode == 0 and "--num-heads" in result.stdout and "head-interleaved" in result.stdout
