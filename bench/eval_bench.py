@@ -66,7 +66,7 @@ def evaluate(model, samples, collate, batch_size, paddle, metric):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="passes per arm; the median is reported")
     parser.add_argument("--hidden", type=int, default=256, help="model width (gpt-tiny's preset otherwise)")

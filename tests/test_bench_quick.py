@@ -1,0 +1,90 @@
+"""The benchmarks' --quick modes, run as a user runs them, so the scripts never rot.
+
+Each script must exit 0 and print one JSON line with every figure; the checks are on the shape and
+sanity of the figures (positive times, finite ratios, identical metrics), never on timings."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_bench(script, *args):
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_minloglevel="2")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--quick", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one JSON line on stdout, got: {proc.stdout[-2000:]}"
+    result = json.loads(lines[0])
+    assert proc.stderr.strip(), "the human summary goes to stderr"
+    machine = result["machine"]
+    assert machine["nproc"] >= 1 and machine["ram_gb"] > 0 and machine["paddle"]
+    assert len(machine["loadavg_start"]) == 3 and len(machine["loadavg_end"]) == 3
+    return result
+
+
+def positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_merge_bench_quick():
+    r = run_bench("merge_bench.py")
+    assert r["bench"] == "merge" and r["size"] == "tiny" and r["n"] == 3
+    # gpt tiny shapes of bench/model_pool.py: the parameter count is known exactly
+    hidden, ffn, layers, vocab, pos = 64, 256, 2, 50257, 128
+    per_layer = 4 * (hidden * hidden + hidden) + hidden * ffn + ffn + ffn * hidden + hidden + 4 * hidden
+    assert r["params"] == vocab * hidden + pos * hidden + layers * per_layer + 2 * hidden
+    assert r["model_bytes"] == 4 * r["params"]
+    assert r["file_bytes"] >= r["model_bytes"]
+    io = r["io_bound"]
+    assert positive(io["wall_s"]) and positive(io["peak_rss_bytes"]) and positive(io["load_s"])
+    assert io["wall_s"] > io["load_s"] + io["save_s"]  # the process also starts python and paddle
+    expected = {"simple_average", "task_arithmetic", "ties_merging_global", "ties_merging_tensor",
+                "dare_task_arithmetic"}
+    assert set(r["methods"]) == expected
+    for name, m in r["methods"].items():
+        assert positive(m["wall_s"]) and positive(m["peak_rss_bytes"]), name
+        assert m["time_ratio"] == pytest.approx(m["wall_s"] / io["wall_s"])
+        assert m["rss_ratio"] == pytest.approx(m["peak_rss_bytes"] / r["model_bytes"])
+        assert isinstance(m["meets_rss"], bool)
+    assert r["methods"]["ties_merging_global"]["rss_goal"] == r["n"] + 1.5
+    assert r["methods"]["simple_average"]["rss_goal"] == 2.0
+
+
+def test_eval_bench_quick():
+    r = run_bench("eval_bench.py")
+    assert r["bench"] == "eval"
+    for arm in ("dynamic", "max_length_pad"):
+        assert positive(r[arm]["seconds"]) and positive(r[arm]["samples_per_s"])
+    assert r["speedup"] == pytest.approx(r["dynamic"]["samples_per_s"] / r["max_length_pad"]["samples_per_s"])
+    # the proof the benchmark exists for: padding changes the speed, never the result
+    assert r["metrics_identical"] is True
+    assert r["dynamic"]["metric"] == r["max_length_pad"]["metric"]
+    assert 0.0 <= r["dynamic"]["metric"]["accuracy"] <= 1.0
+    assert 3 <= r["lengths"]["median"] <= r["lengths"]["max"] <= r["max_length"]
+
+
+def test_sweep_bench_quick():
+    r = run_bench("sweep_bench.py")
+    assert r["bench"] == "sweep" and r["points"] == 3 and r["values"] == [0.0, 0.5, 1.0]
+    assert positive(r["one_process"]["wall_s"]) and positive(r["separate"]["wall_s"])
+    assert len(r["separate"]["calls"]) == 3
+    assert r["ratio"] == pytest.approx(r["one_process"]["wall_s"] / r["separate"]["wall_s"])
+    # both arms evaluated every point, with the same result
+    assert sorted(r["averages_one_process"]) == sorted(r["averages_separate"]) == ["0.0", "0.5", "1.0"]
+    assert r["averages_identical"] is True
+
+
+def test_train_bench_quick():
+    r = run_bench("train_bench.py")
+    assert r["bench"] == "train"
+    for arm in ("engine", "plain_loop"):
+        assert positive(r[arm]["samples_per_s"]) and positive(r[arm]["tokens_per_s"])
+        assert r[arm]["tokens_per_s"] > r[arm]["samples_per_s"]  # every sample has at least 1 token
+    assert r["ratio"] == pytest.approx(r["engine"]["samples_per_s"] / r["plain_loop"]["samples_per_s"])
+    assert math.isfinite(r["ratio"])
