@@ -87,6 +87,9 @@ def test_missing_and_unknown_files(tmp_path):
     (tmp_path / "junk.pdparams").write_bytes(b"not a pickle at all")
     with pytest.raises(CheckpointError, match="junk.pdparams"):
         load_numpy_state_dict(tmp_path / "junk.pdparams")
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        load_numpy_state_dict(tmp_path / "junk.safetensors")
 
 
 # ----------------------------------------------------------------------------- round trips

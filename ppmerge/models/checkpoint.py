@@ -56,22 +56,17 @@ def load_numpy_state_dict(path):
 def _read_safetensors_numpy(path):
     from safetensors import SafetensorError, safe_open
 
-    out = {}
     try:
         with safe_open(path, framework="np") as f:
-            for key in f.keys():
-                try:
-                    out[key] = bf16_as_uint16(f.get_tensor(key))
-                except TypeError:  # bf16 has no numpy dtype: read through paddle, get uint16 bits
-                    out[key] = None
-        if any(v is None for v in out.values()):
-            import safetensors.paddle
+            try:
+                return {key: bf16_as_uint16(f.get_tensor(key)) for key in f.keys()}
+            except TypeError:  # bf16 without ml_dtypes: numpy cannot hold it, paddle gives its uint16 bits
+                pass
+        import safetensors.paddle
 
-            tensors = safetensors.paddle.load_file(path)
-            out = {key: (to_numpy(tensors[key]) if v is None else v) for key, v in out.items()}
+        return {key: to_numpy(tensor) for key, tensor in safetensors.paddle.load_file(path).items()}
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable .safetensors file ({exc})") from None
-    return out
 
 
 def load_state_dict(path):
