@@ -122,6 +122,11 @@ class TaskPool:
             n = min(n, self.max_examples)
         return np.arange(n)
 
+    def num_train_examples(self, task, num_examples=-1):
+        """How many examples `train_batches(task, num_examples)` yields."""
+        n = len(self.dataset(task, "train"))
+        return n if num_examples is None or int(num_examples) < 0 else min(n, int(num_examples))
+
     def train_batches(self, task, num_examples=-1, batch_size=None, seed=None):
         """Collated training batches of `task` (numpy dicts: input_ids, lengths, labels).
 

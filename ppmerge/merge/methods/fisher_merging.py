@@ -12,25 +12,36 @@ to 1 / ||F_i|| (global L2 norm over all backbone entries), so every model's Fish
 magnitude; otherwise c_i = 1. eps = `minimal_fisher_weight` keeps the denominator positive. Backbone
 entries that get no gradient (none in a GPT backbone) are averaged plainly.
 """
+import sys
+
+from tqdm import tqdm
+
+from ppmerge.errors import ConfigError
 from ppmerge.merge.registry import Param, register
+from ppmerge.merge.tensor_ops import numpy_dtype, paddle as _paddle, to_device, to_host
 
 
-def _paddle():
-    from ppmerge.runtime import import_paddle
-
-    return import_paddle()
-
-
-def _as_tensor(value):
-    paddle = _paddle()
-    if isinstance(value, paddle.Tensor):
-        return value.astype("float32")
-    return paddle.to_tensor(value, dtype="float32")
+def _count_or_all(value, where):
+    if value == 0 or value < -1:
+        raise ConfigError(f"{where}: expected a positive number of examples or -1 (all), got {value}")
+    return value
 
 
-def fisher_information(model, batches, param_names, regression=False):
+def _positive(value, where):
+    if value < 1:
+        raise ConfigError(f"{where}: expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(value, where):
+    if value < 0:
+        raise ConfigError(f"{where}: expected a value >= 0, got {value}")
+    return value
+
+
+def fisher_information(model, batches, param_names, regression=False, bar=None):
     """Mean per-example diagonal Fisher of `model` over `batches` (numpy dicts with input_ids,
-    lengths): {name: tensor} for the named parameters that receive a gradient."""
+    lengths): {name: float32 tensor} for the named parameters that receive a gradient."""
     paddle = _paddle()
     F = paddle.nn.functional
     params = dict(model.named_parameters())
@@ -58,6 +69,8 @@ def fisher_information(model, batches, param_names, regression=False):
                     term = weight * grad * grad
                     totals[name] = term if name not in totals else totals[name] + term
             count += 1
+            if bar is not None:
+                bar.update(1)
     if count == 0:
         raise ValueError("fisher_information: no examples")
     return {name: total / count for name, total in totals.items()}
@@ -65,33 +78,37 @@ def fisher_information(model, batches, param_names, regression=False):
 
 def merge_with_fisher(backbones, fishers, normalize_fisher_weight=True, minimal_fisher_weight=1e-6):
     """Fisher-weighted average of `backbones` (list of {name: array/tensor}) with `fishers`
-    (list of {name: tensor}, same order); entries without a Fisher in every model: plain mean."""
-    paddle = _paddle()
+    (list of {name: tensor}, same order); entries without a Fisher in every model: plain mean.
+    Returns {name: numpy array} in the first backbone's dtypes, computed key by key on the device."""
     n = len(backbones)
     eps = float(minimal_fisher_weight)
     shared = [k for k in backbones[0] if all(k in f for f in fishers)]
     if normalize_fisher_weight:
-        norms = [float(paddle.sqrt(sum((f[k] * f[k]).sum() for k in shared))) for f in fishers]
+        norms = [sum(float((to_device(f[k]) ** 2).sum()) for k in shared) ** 0.5 for f in fishers]
         inverse = [1.0 / (norm + eps) for norm in norms]
         coefficients = [v / sum(inverse) for v in inverse]
     else:
         coefficients = [1.0] * n
     merged = {}
     for key in backbones[0]:
-        values = [_as_tensor(b[key]) for b in backbones]
+        dtype = numpy_dtype(backbones[0][key])
+        values = [to_device(b[key]) for b in backbones]
         if key in shared:
-            weights = [c * (f[key] + eps) for c, f in zip(coefficients, fishers)]
-            merged[key] = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+            weights = [c * (to_device(f[key]) + eps) for c, f in zip(coefficients, fishers)]
+            merged[key] = to_host(sum(w * v for w, v in zip(weights, values)) / sum(weights), dtype)
         else:
-            merged[key] = sum(values) / n
+            merged[key] = to_host(sum(values) / n, dtype)
     return merged
 
 
 @register("fisher_merging", data_dependent=True, params={
-    "num_fisher_examples": Param("int", 256, "training examples per model for its Fisher (-1: all)"),
-    "batch_size": Param("int", 32, "examples read per batch (the Fisher itself is per example)"),
+    "num_fisher_examples": Param("int", 256, "training examples per model for its Fisher (-1: all)",
+                                 check=_count_or_all),
+    "batch_size": Param("int", 32, "examples read per batch (the Fisher itself is per example)",
+                        check=_positive),
     "normalize_fisher_weight": Param("bool", True, "scale each model's Fisher by 1/its global L2 norm"),
-    "minimal_fisher_weight": Param("float", 1e-6, "added to every Fisher entry (keeps the division finite)"),
+    "minimal_fisher_weight": Param("float", 1e-6, "added to every Fisher entry (keeps the division finite)",
+                                   check=_non_negative),
 })
 def fisher_merging(base, models, *, context, num_fisher_examples=256, batch_size=32,
                    normalize_fisher_weight=True, minimal_fisher_weight=1e-6):
@@ -101,5 +118,8 @@ def fisher_merging(base, models, *, context, num_fisher_examples=256, batch_size
     for task, backbone, head in zip(context.task_names, models, context.heads):
         model = pool.load_model(task, backbone, head)
         batches = pool.train_batches(task, num_fisher_examples, batch_size, seed=context.seed)
-        fishers.append(fisher_information(model, batches, list(backbone), regression=pool.spec(task).is_regression))
+        with tqdm(total=pool.num_train_examples(task, num_fisher_examples), desc=f"fisher {task}", unit="ex",
+                  file=sys.stderr, leave=False, disable=not pool.progress, dynamic_ncols=True) as bar:
+            fisher = fisher_information(model, batches, list(backbone), pool.spec(task).is_regression, bar)
+        fishers.append({k: v.cpu() for k, v in fisher.items()})  # one model's Fisher on the device at a time
     return merge_with_fisher(models, fishers, normalize_fisher_weight, minimal_fisher_weight)

@@ -10,13 +10,20 @@ alpha = `reduce_non_diagonal_ratio` (G~ = alpha G + (1 - alpha) diag(G)), which 
 the plain average. The system is solved with a linear solver. Linear biases and every other backbone
 parameter (embeddings, LayerNorms) are averaged plainly; heads stay per task.
 """
+import sys
+
+from tqdm import tqdm
+
+from ppmerge.errors import ConfigError
+from ppmerge.merge.methods.fisher_merging import _count_or_all, _positive
 from ppmerge.merge.registry import Param, register
+from ppmerge.merge.tensor_ops import numpy_dtype, paddle as _paddle, to_device, to_host
 
 
-def _paddle():
-    from ppmerge.runtime import import_paddle
-
-    return import_paddle()
+def _ratio(value, where):
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{where}: expected a ratio in [0, 1], got {value}")
+    return float(value)
 
 
 def linear_layers(model, names):
@@ -26,10 +33,11 @@ def linear_layers(model, names):
             if isinstance(layer, paddle.nn.Linear) and f"{name}.weight" in names}
 
 
-def gram_matrices(model, batches, names):
+def gram_matrices(model, batches, names, bar=None):
     """Mean Gram matrix X^T X / n of the inputs of every backbone Linear, over real tokens only.
 
-    Returns ({layer name: [in, in] float64 tensor}, number of tokens)."""
+    Returns ({layer name: [in, in] float32 tensor}, number of tokens). Float32 like FusionBench:
+    GPT-345M's Gram matrices take 2.1 GB per model in float32; the solve runs in float64."""
     paddle = _paddle()
     layers = linear_layers(model, names)
     sums = {}
@@ -39,7 +47,6 @@ def gram_matrices(model, batches, names):
         def hook(layer, inputs):
             x = inputs[0]
             x = paddle.masked_select(x, state["mask"].unsqueeze(-1).expand_as(x)).reshape([-1, x.shape[-1]])
-            x = x.astype("float64")
             gram = paddle.matmul(x, x, transpose_x=True)
             sums[name] = gram if name not in sums else sums[name] + gram
         return hook
@@ -55,6 +62,8 @@ def gram_matrices(model, batches, names):
                 state["mask"] = paddle.arange(ids.shape[1], dtype="int64").unsqueeze(0) < lengths.unsqueeze(-1)
                 state["tokens"] += int(batch["lengths"].sum())
                 model(ids, lengths)
+                if bar is not None:
+                    bar.update(len(batch["lengths"]))
     finally:
         for handle in handles:
             handle.remove()
@@ -71,29 +80,32 @@ def reduce_non_diagonal(gram, ratio):
 
 def merge_with_grams(backbones, grams, reduce_non_diagonal_ratio=0.6):
     """RegMean merge of `backbones` (list of {name: array/tensor}) with per-model Gram matrices
-    (list of {layer name: [in, in]}); Linear weights by regression, everything else averaged."""
+    (list of {layer name: [in, in]}); Linear weights by regression, everything else averaged.
+    Returns {name: numpy array} in the first backbone's dtypes, computed key by key on the device."""
     paddle = _paddle()
     n = len(backbones)
     layers = set(grams[0]).intersection(*grams[1:])
     merged = {}
     for key in backbones[0]:
-        values = [paddle.to_tensor(b[key]) if not isinstance(b[key], paddle.Tensor) else b[key] for b in backbones]
+        dtype = numpy_dtype(backbones[0][key])
+        values = [to_device(b[key]) for b in backbones]
         layer = key[:-len(".weight")] if key.endswith(".weight") else None
         if layer in layers:
-            reduced = [reduce_non_diagonal(g[layer], reduce_non_diagonal_ratio) for g in grams]
-            lhs = sum(reduced)
+            reduced = [reduce_non_diagonal(to_device(g[layer]).astype("float64"), reduce_non_diagonal_ratio)
+                       for g in grams]
             rhs = sum(paddle.matmul(g, v.astype("float64")) for g, v in zip(reduced, values))
-            merged[key] = paddle.linalg.solve(lhs, rhs).astype(values[0].dtype)
+            merged[key] = to_host(paddle.linalg.solve(sum(reduced), rhs), dtype)
         else:
-            merged[key] = sum(v.astype("float32") for v in values) / n
+            merged[key] = to_host(sum(values) / n, dtype)
     return merged
 
 
 @register("regmean", data_dependent=True, params={
-    "num_regmean_examples": Param("int", 256, "training examples per model for its Gram matrices (-1: all)"),
-    "batch_size": Param("int", 32, "batch size of the forward passes that collect the inputs"),
+    "num_regmean_examples": Param("int", 256, "training examples per model for its Gram matrices (-1: all)",
+                                  check=_count_or_all),
+    "batch_size": Param("int", 32, "batch size of the forward passes that collect the inputs", check=_positive),
     "reduce_non_diagonal_ratio": Param("float", 0.6, "alpha: off-diagonal Gram entries are scaled by it "
-                                       "(1 = exact regression, 0 = diagonal only)"),
+                                       "(1 = exact regression, 0 = diagonal only)", check=_ratio),
 })
 def regmean(base, models, *, context, num_regmean_examples=256, batch_size=32, reduce_non_diagonal_ratio=0.6):
     """RegMean: each backbone Linear by least squares on every model's own-task inputs."""
@@ -102,5 +114,8 @@ def regmean(base, models, *, context, num_regmean_examples=256, batch_size=32, r
     for task, backbone, head in zip(context.task_names, models, context.heads):
         model = pool.load_model(task, backbone, head)
         batches = pool.train_batches(task, num_regmean_examples, batch_size, seed=context.seed)
-        grams.append(gram_matrices(model, batches, set(backbone))[0])
+        with tqdm(total=pool.num_train_examples(task, num_regmean_examples), desc=f"regmean {task}", unit="ex",
+                  file=sys.stderr, leave=False, disable=not pool.progress, dynamic_ncols=True) as bar:
+            gram = gram_matrices(model, batches, set(backbone), bar)[0]
+        grams.append({k: v.cpu() for k, v in gram.items()})  # one model's Gram matrices on the device at a time
     return merge_with_grams(models, grams, reduce_non_diagonal_ratio)
