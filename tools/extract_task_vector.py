@@ -25,28 +25,15 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def task_vector(finetuned, base):
-    """(tau, kept): tau[k] = finetuned[k] - base[k]; keys the base lacks are copied and listed in kept
-    (integer tensors, if any, are copied too: a difference of ids means nothing)."""
-    import numpy as np
-
-    tau, kept = {}, []
+def check_shapes(finetuned, base):
     for key, value in finetuned.items():
-        if key not in base:
-            tau[key] = value
-            kept.append(key)
-            continue
-        if not np.issubdtype(value.dtype, np.floating):
-            tau[key] = value
-            continue
-        if base[key].shape != value.shape:
+        if key in base and tuple(base[key].shape) != tuple(value.shape):
             raise CheckpointError(f"key {key!r}: fine-tuned shape {list(value.shape)} vs base {list(base[key].shape)}")
-        tau[key] = (value.astype(np.float32) - base[key].astype(np.float32)).astype(value.dtype)
-    return tau, kept
 
 
 def main(argv=None):
     args = parse_args(argv)
+    from ppmerge.merge.task_vector import extract_task_vector
     from ppmerge.models.checkpoint import load_numpy_state_dict, save_state_dict
 
     for path in (args.finetuned_model_path, args.base_model_path):
@@ -54,7 +41,8 @@ def main(argv=None):
             raise CheckpointError(f"model file {path!r} does not exist")
     finetuned = load_numpy_state_dict(args.finetuned_model_path)
     base = load_numpy_state_dict(args.base_model_path)
-    tau, kept = task_vector(finetuned, base)
+    check_shapes(finetuned, base)
+    tau, kept = extract_task_vector(finetuned, base)
     save_state_dict(tau, args.save_path)
     if kept:
         print(f"kept as they are (not in the base model): {', '.join(kept)}")

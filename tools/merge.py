@@ -34,7 +34,7 @@ def main(argv=None):
     from ppmerge.evaluation.reports import markdown_table
     from ppmerge.merge.runner import run_merge
 
-    result = run_merge(cfg)
+    result = run_merge(cfg, progress=sys.stderr.isatty())  # bars only on a terminal, not in logs
     print(markdown_table(result), end="")
     if result["best"] is not None:
         print(f"best sweep point: {result['best']}")
