@@ -256,10 +256,21 @@ def test_generator_rules():
     for a, b, score in make_examples("STSB", "train", 64):
         kept = sum(x == y for x, y in zip(a.split(), b.split())) - 1   # minus the final "."
         assert float(score) == pytest.approx(5 * kept / 8)
+        assert 8 - kept == sum(w in words.NOISE_WORDS for w in b.split())
     for a, b, label in make_examples("MNLI", "dev_mismatched", 30):
         assert not any(p in a.split() for p in words.PLACES_MATCHED)
         if label == "contradiction":
             assert "not" in b.split() or "never" in b.split()
+    for a, b, label in make_examples("RTE", "train", 30):
+        verb = b.split()[2]
+        assert (verb in a.split()) == (label == "entailment")
+        assert verb in (words.VERB_ANTONYMS if label == "entailment" else words.VERB_ANTONYMS.values())
+    for q, sentence, label in make_examples("QNLI", "train", 30):
+        assert q.startswith("where") and (" in the " in sentence) == (label == "entailment")
+    for a, b, label in make_examples("WNLI", "train", 30):
+        adj = b.split()[-2]
+        assert a.split()[1] == b.split()[1] and a.split()[-2] == adj
+        assert (adj in words.GIVER_ADJS) == (label == "1")
 
 
 def test_same_seed_same_files_and_subset(tmp_path):

@@ -6,11 +6,14 @@ import importlib
 
 from ppmerge.data.collate import collate_batch
 from ppmerge.data.readers import Example, data_file, detect_layout, normalize_split, read_examples
-from ppmerge.data.synthetic import task_root, write_glue_suite
 from ppmerge.data.tasks import TASK_NAMES, TASKS, TaskSpec, get_task
 from ppmerge.data.tokenizer import EOS_ID, load_tokenizer
 
+# Loaded on first use: paddle-backed names, and the generator (so that `python -m
+# ppmerge.data.synthetic` runs a module that is not imported yet).
 _LAZY = {
+    "write_glue_suite": "ppmerge.data.synthetic",
+    "task_root": "ppmerge.data.synthetic",
     "GLUEDataset": "ppmerge.data.dataset",
     "encode_examples": "ppmerge.data.dataset",
     "ShuffleBatchSampler": "ppmerge.data.sampler",
@@ -19,7 +22,7 @@ _LAZY = {
 
 __all__ = ["TASK_NAMES", "TASKS", "TaskSpec", "get_task", "Example", "read_examples", "data_file",
            "detect_layout", "normalize_split", "load_tokenizer", "EOS_ID", "collate_batch",
-           "write_glue_suite", "task_root", *_LAZY]
+           *_LAZY]
 
 
 def __getattr__(name):

@@ -7,13 +7,15 @@ rule so that the nine fine-tuned models differ:
   SST2  one sentiment word among neutral words: positive (1) / negative (0)
   MRPC  paraphrase by synonym swap (1) vs an unrelated sentence of the same shape (0)
   QQP   question re-phrased with synonyms (1) vs a near-miss question about another thing (0)
-  STSB  second sentence keeps some of the first's words: score = 5 * kept / total (0-5)
+  STSB  the second sentence keeps some of the first's 8 words in place and replaces the others
+        with unrelated words: score = 5 * kept / 8 (0-5)
   MNLI  hypothesis is a subset of the premise (entailment), adds a reason (neutral), or negates
         it (contradiction); dev_mismatched uses other genres and places
-  QNLI  the sentence answers the question (same subject and verb) or not
-  RTE   hypothesis is one clause of a two-clause premise, or a cross-mix of both clauses
-  WNLI  "the A gave the B ... because it was ADJ": is the hypothesis' noun the one "it" means
-        (generous -> the giver, hungry -> the receiver)?
+  QNLI  "where did ...?": the sentence says where (entailment) or only when (not_entailment)
+  RTE   hypothesis restates one clause of a two-clause premise (entailment) or restates it with
+        the verb's antonym, opened -> closed (not_entailment)
+  WNLI  "the A gave the B ... because it was ADJ" => "the A was ADJ"? True when the adjective
+        makes "it" the giver (generous, kind), false when it makes "it" the receiver (hungry, poor)
 
 The files follow the real GLUE column layouts exactly (and FleetX's original sources for CoLA,
 MNLI, MRPC in the "fleetx" layout). Each (task, split) has its own seeded generator, so the same
@@ -115,11 +117,10 @@ def qqp(rng, label):
 
 def stsb(rng):
     """(a, b, score): b keeps `kept` of a's 8 content words in place, the rest are replaced."""
-    pool = W.SUBJECTS + W.OBJECTS + W.ADJECTIVES + W.PLACES_MATCHED
-    a = rng.sample(pool, 8)
+    a = rng.sample(W.PEOPLE + W.OBJECTS + W.ADJECTIVES + W.PLACES_MATCHED, 8)
     kept = rng.randint(0, 8)
     replaced = set(rng.sample(range(8), 8 - kept))
-    fresh = iter(rng.sample([w for w in pool if w not in a], 8))
+    fresh = iter(rng.sample(W.NOISE_WORDS, 8))
     b = [next(fresh) if i in replaced else w for i, w in enumerate(a)]
     return " ".join(a) + " .", " ".join(b) + " .", 5.0 * kept / 8
 
@@ -145,40 +146,29 @@ def mnli(rng, label, places):
 
 def qnli(rng, label):
     c = _clause(rng)
-    question = f"what did the {c['subj']} {c['base']} in the {c['place']} ?"
-    subj, past = c["subj"], c["past"]
-    if label == 1:   # not_entailment: a different subject or a different action
-        if rng.random() < 0.5:
-            subj = rng.choice([s for s in W.SUBJECTS if s != subj])
-        else:
-            past = rng.choice([p for _, p in W.VERBS if p != past])
-    sentence = f"in the {c['place']} , the {rng.choice(W.ADJECTIVES)} {subj} {past} a {c['obj']} ."
+    question = f"where did the {c['subj']} {c['base']} the {c['obj']} ?"
+    answer = f"in the {c['place']}" if label == 0 else rng.choice(W.TIME_PHRASES)
+    sentence = f"the {rng.choice(W.ADJECTIVES)} {c['subj']} {c['past']} a {c['obj']} {answer} ."
     return question, sentence
 
 
 def rte(rng, label):
     one, two = _clause(rng), _clause(rng)
-    while two["subj"] == one["subj"] or two["past"] == one["past"]:
-        two = _clause(rng)
-    premise = (f"the {one['subj']} {one['past']} the {one['obj']} and then "
-               f"the {two['subj']} {two['past']} the {two['obj']} .")
-    if label == 0:
-        c = rng.choice([one, two])
-        hypothesis = f"the {c['subj']} {c['past']} the {c['obj']} ."
-    else:   # cross-mix: one clause's subject with the other's action
-        first, second = rng.sample([one, two], 2)
-        hypothesis = f"the {first['subj']} {second['past']} the {second['obj']} ."
+    verbs = rng.sample(list(W.VERB_ANTONYMS), 2)
+    premise = (f"the {one['subj']} {verbs[0]} the {one['obj']} and then "
+               f"the {two['subj']} {verbs[1]} the {two['obj']} .")
+    which = rng.randrange(2)
+    c, verb = (one, two)[which], verbs[which]
+    hypothesis = f"the {c['subj']} {verb if label == 0 else W.VERB_ANTONYMS[verb]} the {c['obj']} ."
     return premise, hypothesis
 
 
 def wnli(rng, label):
     giver, receiver = rng.sample(W.SUBJECTS, 2)
-    giver_means_it = rng.random() < 0.5
-    adj = rng.choice(W.GIVER_ADJS if giver_means_it else W.RECEIVER_ADJS)
-    referent, other = (giver, receiver) if giver_means_it else (receiver, giver)
-    premise = f"the {giver} {rng.choice(W.GIVE_VERBS)} the {receiver} a {rng.choice(W.OBJECTS)} because it was {adj} ."
-    hypothesis = f"the {referent if label == 1 else other} was {adj} ."
-    return premise, hypothesis
+    adj = rng.choice(W.GIVER_ADJS if label == 1 else W.RECEIVER_ADJS)
+    premise = (f"the {giver} {rng.choice(W.GIVE_VERBS)} the {receiver} a {rng.choice(W.OBJECTS)} "
+               f"because it was {adj} .")
+    return premise, f"the {giver} was {adj} ."
 
 
 # ---------------------------------------------------------------- examples per task and split

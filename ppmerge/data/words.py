@@ -47,6 +47,18 @@ QUESTION_ADJS = "big small quick cheap easy old rich quiet".split()
 REASONS = ["because it was raining", "for the first time", "with a close friend", "before the sun rose",
            "after a long day", "while singing loudly", "to win a prize", "on a cold morning"]
 
+# Premise verbs (past tense) and their antonyms: RTE's "not entailed" hypotheses use the antonym.
+VERB_ANTONYMS = {"opened": "closed", "lifted": "dropped", "pushed": "pulled", "found": "lost",
+                 "bought": "sold", "built": "broke", "filled": "emptied", "raised": "lowered",
+                 "locked": "unlocked", "remembered": "forgot"}
+
+TIME_PHRASES = ["on monday", "at noon", "last week", "in the morning", "after dinner", "this year",
+                "on sunday", "at midnight", "before lunch", "two days ago"]
+
+# Words STS-B's second sentence brings in: none of them can occur in a first sentence.
+NOISE_WORDS = ("purple orange silver golden violet crimson gravel marble copper velvet cotton "
+               "feather pebble candle mirror ladder saddle kettle anchor lantern").split()
+
 GIVER_ADJS = "generous kind helpful friendly".split()        # "it" is the one who gives
 RECEIVER_ADJS = "hungry poor grateful lonely".split()       # "it" is the one who receives
 GIVE_VERBS = ["gave", "handed", "offered", "brought"]
