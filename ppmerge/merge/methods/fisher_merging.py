@@ -14,6 +14,7 @@ entries that get no gradient (none in a GPT backbone) are averaged plainly.
 """
 import sys
 
+import numpy as np
 from tqdm import tqdm
 
 from ppmerge.errors import ConfigError
@@ -39,41 +40,81 @@ def _non_negative(value, where):
     return value
 
 
-def fisher_information(model, batches, param_names, regression=False, bar=None):
+def fisher_information(model, batches, param_names, regression=False, bar=None, sparse_embeddings=True):
     """Mean per-example diagonal Fisher of `model` over `batches` (numpy dicts with input_ids,
-    lengths): {name: float32 tensor} for the named parameters that receive a gradient."""
+    lengths): {name: float32 tensor} for the named parameters that receive a gradient.
+
+    An embedding table's gradient is non-zero only on the rows of the example's tokens: with
+    `sparse_embeddings` it is taken w.r.t. the looked-up vectors and summed per token id (the same
+    numbers as the dense [vocab, hidden] gradient, without building and squaring it per backward:
+    ~3x faster for GPT-2's 50k-row table)."""
     paddle = _paddle()
     F = paddle.nn.functional
     params = dict(model.named_parameters())
     names = [n for n in param_names if n in params]
-    inputs = [params[n] for n in names]
+    embeddings = {}  # embedding weight name -> its layer (only when sparse_embeddings)
+    if sparse_embeddings:
+        embeddings = {f"{layer_name}.weight": layer for layer_name, layer in model.named_sublayers()
+                      if isinstance(layer, paddle.nn.Embedding) and f"{layer_name}.weight" in names}
+    lookups = {}     # embedding weight name -> (ids, looked-up vectors) of the current forward
+    handles = []
+    for name, layer in embeddings.items():
+        def remember(layer, inputs, output, name=name):
+            lookups[name] = (inputs[0], output)
+        handles.append(layer.register_forward_post_hook(remember))
+    sparse = list(embeddings)
+    dense = [n for n in names if n not in embeddings]
     totals = {}
+    rows = {n: np.zeros(params[n].shape, dtype=np.float64) for n in sparse}  # host accumulators
     count = 0
     model.eval()  # no dropout: the Fisher of the deterministic model
-    for batch in batches:
-        for ids, length in zip(batch["input_ids"], batch["lengths"]):
-            length = int(length)
-            # One example at a time (trimmed to its real tokens): the Fisher is per example.
-            logits = model(paddle.to_tensor(ids[None, :length]), paddle.to_tensor([length], dtype="int64"))[0]
-            if regression:
-                terms = [(1.0, logits[0])]
-            else:
-                log_probs = F.log_softmax(logits, axis=-1)
-                probs = log_probs.exp().detach().numpy()
-                terms = [(float(probs[y]), log_probs[y]) for y in range(len(probs))]
-            for k, (weight, output) in enumerate(terms):
-                grads = paddle.grad(output, inputs, retain_graph=k < len(terms) - 1, allow_unused=True)
-                for name, grad in zip(names, grads):
-                    if grad is None:
-                        continue
-                    term = weight * grad * grad
-                    totals[name] = term if name not in totals else totals[name] + term
-            count += 1
-            if bar is not None:
-                bar.update(1)
+    try:
+        for batch in batches:
+            for ids, length in zip(batch["input_ids"], batch["lengths"]):
+                length = int(length)
+                # One example at a time (trimmed to its real tokens): the Fisher is per example.
+                logits = model(paddle.to_tensor(ids[None, :length]), paddle.to_tensor([length], dtype="int64"))[0]
+                if regression:
+                    terms = [(1.0, logits[0])]
+                else:
+                    log_probs = F.log_softmax(logits, axis=-1)
+                    probs = log_probs.exp().detach().numpy()
+                    terms = [(float(probs[y]), log_probs[y]) for y in range(len(probs))]
+                inputs = [params[n] for n in dense] + [lookups[n][1] for n in sparse]
+                for k, (weight, output) in enumerate(terms):
+                    grads = paddle.grad(output, inputs, retain_graph=k < len(terms) - 1, allow_unused=True)
+                    for name, grad in zip(dense, grads):
+                        if grad is not None:
+                            term = weight * grad * grad
+                            totals[name] = term if name not in totals else totals[name] + term
+                    for name, grad in zip(sparse, grads[len(dense):]):
+                        if grad is not None:
+                            _add_embedding_rows(rows[name], lookups[name][0].numpy(), grad.numpy(), weight)
+                count += 1
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        for handle in handles:
+            handle.remove()
     if count == 0:
         raise ValueError("fisher_information: no examples")
-    return {name: total / count for name, total in totals.items()}
+    fisher = {name: total / count for name, total in totals.items()}
+    for name in sparse:
+        padding = getattr(embeddings[name], "_padding_idx", None)
+        if padding is not None:  # that row never gets a gradient
+            rows[name][padding] = 0.0
+        fisher[name] = paddle.to_tensor((rows[name] / count).astype(np.float32))
+    return fisher
+
+
+def _add_embedding_rows(accumulator, ids, grad, weight):
+    """accumulator[v] += weight * (sum of the gradients at the positions holding id v)^2."""
+    ids = ids.reshape(-1)
+    grad = grad.reshape(len(ids), -1).astype(np.float64)
+    unique, inverse = np.unique(ids, return_inverse=True)
+    per_row = np.zeros((len(unique), grad.shape[1]))
+    np.add.at(per_row, inverse, grad)
+    accumulator[unique] += weight * per_row ** 2
 
 
 def merge_with_fisher(backbones, fishers, normalize_fisher_weight=True, minimal_fisher_weight=1e-6):
