@@ -85,14 +85,20 @@ def test_simple_average_with_reference_rows(pool, glue_suite, tmp_path):
     assert set(saved["timings"]) >= {"load", "merge", "evaluate", "total"}
 
 
-def test_streamed_merge_equals_formula_and_evaluation_is_independent(pool, glue_suite, tmp_path):
-    """No reference rows: simple_average streams the models; same backbone, and the merged model's
-    metrics equal those of the task pool evaluating the numpy average directly."""
+def test_streamed_merge_equals_formula_and_evaluation_is_independent(pool, glue_suite, tmp_path, monkeypatch):
+    """No reference rows: simple_average streams the models (never all in memory); same backbone, and
+    the merged model's metrics equal those of the task pool evaluating the numpy average directly."""
     from ppmerge.evaluation.task_pool import TaskPool
+    from ppmerge.merge.model_pool import ModelPool
+
+    def refuse(self):
+        raise AssertionError("a streamable single merge must not load every model at once")
 
     paths, sds = pool
     out = str(tmp_path / "out")
-    result = run(raw_config(paths, glue_suite["glue"], out))
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelPool, "backbones", refuse)
+        result = run(raw_config(paths, glue_suite["glue"], out))
     merged = load(os.path.join(out, "merged_model.pdparams"))
     average = {k: np.mean([sds[t][k] for t in TASKS], axis=0) for k in backbone_keys(sds["base"])}
     for key, value in average.items():
@@ -192,3 +198,30 @@ def test_errors_leave_no_output(pool, glue_suite, tmp_path, case):
         run(raw)
     assert "\n" not in str(info.value)
     assert not os.path.exists(out) and not [n for n in os.listdir(tmp_path) if n.startswith(".out")]
+
+
+FAST_PARAMS = {"fisher_merging": {"num_fisher_examples": 4, "batch_size": 4},
+               "regmean": {"num_regmean_examples": 8, "batch_size": 8}}
+
+
+def test_every_registered_method_runs(pool, glue_suite, tmp_path):
+    """Each method of the registry through the runner (small eval): a finite merged model of the right
+    keys (or an ensemble without a model file), and one evaluated row."""
+    from ppmerge.merge import METHODS
+
+    paths, sds = pool
+    for name in sorted(METHODS):
+        out = str(tmp_path / name)
+        raw = raw_config(paths, glue_suite["glue"], out, method=name, **FAST_PARAMS.get(name, {}))
+        raw["TaskPool"]["max_examples"] = 8
+        result = run(raw)
+        (row,) = result["rows"]
+        assert row["average"] is not None and set(row["metrics"]) == set(TASKS), name
+        model_file = os.path.join(out, "merged_model.pdparams")
+        if name == "simple_ensemble":
+            assert result["model_file"] is None and not os.path.exists(model_file)
+            continue
+        merged = load(model_file)
+        assert sorted(backbone_keys(merged)) == sorted(
+            [k for k in backbone_keys(sds["base"])] + [f"heads.{t}.score.weight" for t in TASKS]), name
+        assert all(np.isfinite(v).all() for v in merged.values()), name
