@@ -51,19 +51,10 @@ def sweep_config(pool, data_root, tasks, max_examples, model_cfg, out_dir, value
 
 
 def averages(out_dir):
-    """{scaling_factor: average metric} from a run's report.json (one row per point)."""
+    """{scaling_factor: average of the tasks' main metrics} from a run's report.json."""
     with open(os.path.join(out_dir, "report.json")) as f:
         report = json.load(f)
-    found = {}
-    for row in report.get("rows", report.get("points", [])):
-        params = row.get("params") or row.get("parameters") or {}
-        value = params.get("scaling_factor", params.get("Merge.scaling_factor"))
-        avg = row.get("average", row.get("avg"))
-        if isinstance(avg, dict):
-            avg = avg.get("main", avg.get("score"))
-        if value is not None and avg is not None:
-            found[round(float(value), 6)] = float(avg)
-    return found
+    return {round(float(row["params"]["scaling_factor"]), 6): row["average"] for row in report["rows"]}
 
 
 def main(argv=None):
@@ -71,10 +62,10 @@ def main(argv=None):
     parser.add_argument("--points", type=int, default=11, help="scaling factors 0.0 ... 1.0 (default 11)")
     parser.add_argument("--tasks", nargs="+", default=["SST2", "MRPC", "RTE"])
     parser.add_argument("--max-examples", type=int, default=128, help="eval examples per task")
-    parser.add_argument("--quick", action="store_true", help="3 points, 2 tasks, 32 examples")
+    parser.add_argument("--quick", action="store_true", help="2 points, 1 task, 16 examples")
     args = parser.parse_args(argv)
     if args.quick:
-        args.points, args.tasks, args.max_examples = 3, ["SST2", "RTE"], 32
+        args.points, args.tasks, args.max_examples = 2, ["SST2"], 16
     values = [round(i / (args.points - 1), 6) for i in range(args.points)] if args.points > 1 else [0.3]
 
     from ppmerge.data import write_glue_suite
@@ -110,8 +101,7 @@ def main(argv=None):
                                       "-o", f"Merge.scaling_factor={value}"])
             separate["wall_s"] += run["wall_s"]
             separate["calls"].append(run["wall_s"])
-            for avg in averages(out_dir).values():
-                separate_avgs[value] = avg
+            separate_avgs.update(averages(out_dir))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -34,13 +34,14 @@ def positive(x):
 
 def test_merge_bench_quick():
     r = run_bench("merge_bench.py")
-    assert r["bench"] == "merge" and r["size"] == "tiny" and r["n"] == 3
+    assert r["bench"] == "merge" and r["size"] == "tiny" and r["n"] == 2
     # gpt tiny shapes of bench/model_pool.py: the parameter count is known exactly
     hidden, ffn, layers, vocab, pos = 64, 256, 2, 50257, 128
     per_layer = 4 * (hidden * hidden + hidden) + hidden * ffn + ffn + ffn * hidden + hidden + 4 * hidden
     assert r["params"] == vocab * hidden + pos * hidden + layers * per_layer + 2 * hidden
     assert r["model_bytes"] == 4 * r["params"]
     assert r["file_bytes"] >= r["model_bytes"]
+    assert positive(r["baseline"]["peak_rss_bytes"])
     io = r["io_bound"]
     assert positive(io["wall_s"]) and positive(io["peak_rss_bytes"]) and positive(io["load_s"])
     assert io["wall_s"] > io["load_s"] + io["save_s"]  # the process also starts python and paddle
@@ -52,6 +53,8 @@ def test_merge_bench_quick():
         assert m["time_ratio"] == pytest.approx(m["wall_s"] / io["wall_s"])
         assert m["rss_ratio"] == pytest.approx(m["peak_rss_bytes"] / r["model_bytes"])
         assert isinstance(m["meets_rss"], bool)
+        # the merged model (backbone + every task's head) really was written
+        assert m["output_bytes"] > r["model_bytes"]
     assert r["methods"]["ties_merging_global"]["rss_goal"] == r["n"] + 1.5
     assert r["methods"]["simple_average"]["rss_goal"] == 2.0
 
@@ -71,12 +74,12 @@ def test_eval_bench_quick():
 
 def test_sweep_bench_quick():
     r = run_bench("sweep_bench.py")
-    assert r["bench"] == "sweep" and r["points"] == 3 and r["values"] == [0.0, 0.5, 1.0]
+    assert r["bench"] == "sweep" and r["points"] == 2 and r["values"] == [0.0, 1.0]
     assert positive(r["one_process"]["wall_s"]) and positive(r["separate"]["wall_s"])
-    assert len(r["separate"]["calls"]) == 3
+    assert len(r["separate"]["calls"]) == 2
     assert r["ratio"] == pytest.approx(r["one_process"]["wall_s"] / r["separate"]["wall_s"])
     # both arms evaluated every point, with the same result
-    assert sorted(r["averages_one_process"]) == sorted(r["averages_separate"]) == ["0.0", "0.5", "1.0"]
+    assert sorted(r["averages_one_process"]) == sorted(r["averages_separate"]) == ["0.0", "1.0"]
     assert r["averages_identical"] is True
 
 
