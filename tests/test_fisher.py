@@ -209,3 +209,15 @@ def test_fisher_merging_is_an_entrywise_convex_combination(pool):
         assert np.all(value >= stack.min(0) - 1e-5) and np.all(value <= stack.max(0) + 1e-5), key
         differs = max(differs, float(np.abs(value - stack.mean(0)).max()))
     assert differs > 1e-3
+
+
+@pytest.mark.parametrize("method, key, value", [
+    ("fisher_merging", "num_fisher_examples", 0), ("fisher_merging", "batch_size", 0),
+    ("fisher_merging", "minimal_fisher_weight", -1.0), ("regmean", "reduce_non_diagonal_ratio", 1.5),
+    ("regmean", "num_regmean_examples", -2)])
+def test_bad_parameters_are_config_errors(method, key, value):
+    from ppmerge.errors import ConfigError
+    from ppmerge.merge import METHODS
+
+    with pytest.raises(ConfigError, match=f"Merge.{key}: expected"):
+        METHODS[method].resolve({key: value})

@@ -22,13 +22,14 @@ from ppmerge.merge.registry import Param, register
 from ppmerge.merge.tensor_ops import numpy_dtype, paddle as _paddle, to_device, to_host
 
 
-def _count_or_all(value, where):
+# Parameter checks shared by the data-dependent methods (regmean imports them).
+def count_or_all(value, where):
     if value == 0 or value < -1:
         raise ConfigError(f"{where}: expected a positive number of examples or -1 (all), got {value}")
     return value
 
 
-def _positive(value, where):
+def positive_int(value, where):
     if value < 1:
         raise ConfigError(f"{where}: expected a positive integer, got {value}")
     return value
@@ -144,9 +145,9 @@ def merge_with_fisher(backbones, fishers, normalize_fisher_weight=True, minimal_
 
 @register("fisher_merging", data_dependent=True, params={
     "num_fisher_examples": Param("int", 256, "training examples per model for its Fisher (-1: all)",
-                                 check=_count_or_all),
+                                 check=count_or_all),
     "batch_size": Param("int", 32, "examples read per batch (the Fisher itself is per example)",
-                        check=_positive),
+                        check=positive_int),
     "normalize_fisher_weight": Param("bool", True, "scale each model's Fisher by 1/its global L2 norm"),
     "minimal_fisher_weight": Param("float", 1e-6, "added to every Fisher entry (keeps the division finite)",
                                    check=_non_negative),

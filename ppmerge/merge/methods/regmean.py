@@ -15,7 +15,7 @@ import sys
 from tqdm import tqdm
 
 from ppmerge.errors import ConfigError
-from ppmerge.merge.methods.fisher_merging import _count_or_all, _positive
+from ppmerge.merge.methods.fisher_merging import count_or_all, positive_int
 from ppmerge.merge.registry import Param, register
 from ppmerge.merge.tensor_ops import numpy_dtype, paddle as _paddle, to_device, to_host
 
@@ -102,8 +102,8 @@ def merge_with_grams(backbones, grams, reduce_non_diagonal_ratio=0.6):
 
 @register("regmean", data_dependent=True, params={
     "num_regmean_examples": Param("int", 256, "training examples per model for its Gram matrices (-1: all)",
-                                  check=_count_or_all),
-    "batch_size": Param("int", 32, "batch size of the forward passes that collect the inputs", check=_positive),
+                                  check=count_or_all),
+    "batch_size": Param("int", 32, "batch size of the forward passes that collect the inputs", check=positive_int),
     "reduce_non_diagonal_ratio": Param("float", 0.6, "alpha: off-diagonal Gram entries are scaled by it "
                                        "(1 = exact regression, 0 = diagonal only)", check=_ratio),
 })
