@@ -295,6 +295,11 @@ def test_cli_writes_both_layouts(tmp_path):
     assert os.path.isfile(out / "glue" / "CoLA" / "train.tsv")
     assert os.path.isfile(out / "fleetx" / "cola_public" / "raw" / "in_domain_train.tsv")
     assert len(read_examples("MNLI", str(out / "fleetx" / "multinli_1.0"), "dev_mismatched")) == 4
+    module = subprocess.run([sys.executable, "-m", "ppmerge.data.synthetic", "--out", str(tmp_path / "m"),
+                             "--n-train", "4", "--n-dev", "2", "--n-test", "2", "--tasks", "WNLI"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert module.returncode == 0 and module.stderr == "", module.stderr
+    assert len(read_examples("WNLI", str(tmp_path / "m" / "WNLI"), "train")) == 4
     bad = subprocess.run(cmd[:-3] + ["--tasks", "SST3"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown GLUE task 'SST3'")
     assert len(bad.stderr.strip().splitlines()) == 1
