@@ -34,7 +34,10 @@ def to_device(x):
     """A float32 paddle tensor on the current device (a copy when x is numpy or lives elsewhere)."""
     pd = paddle()
     if isinstance(x, np.ndarray):
-        return pd.to_tensor(np.ascontiguousarray(x, dtype=np.float32))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if pd.get_device() == "cpu" and x.flags.writeable and x.size:
+            return pd.utils.dlpack.from_dlpack(x)  # zero-copy on CPU: copying costs as much as the math
+        return pd.to_tensor(x)
     if x.dtype != pd.float32:
         x = x.astype("float32")
     device = pd.get_device()  # "cpu", "gpu:0"; a tensor's place prints as "Place(gpu:0)"
@@ -45,7 +48,12 @@ def to_device(x):
 
 def to_host(t, dtype=np.float32):
     """A paddle tensor (or numpy array) back as a numpy array of `dtype`."""
-    array = t if isinstance(t, np.ndarray) else t.numpy()
+    if isinstance(t, np.ndarray):
+        array = t
+    elif t.place.is_cpu_place() and t.size:
+        array = np.from_dlpack(t)  # zero-copy; the array keeps the tensor's memory alive
+    else:
+        array = t.numpy()
     return array.astype(dtype, copy=False)
 
 
