@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 TASKS = ["SST2", "MNLI", "STSB"]          # 2, 3 and 1 outputs
-NUM_CLASSES = {"SST2": 2, "MNLI": 3, "STSB": 1}
+NUM_CLASSES = {"CoLA": 2, "SST2": 2, "MRPC": 2, "STSB": 1, "QQP": 2, "MNLI": 3, "QNLI": 2, "RTE": 2, "WNLI": 2}
 MODEL_CFG = {"name": "gpt-tiny"}
 
 

@@ -27,12 +27,14 @@ def _save(fig, path):
 
 def _heatmap(ax, matrix, row_labels, col_labels, title):
     image = ax.imshow(matrix, cmap="viridis", aspect="auto")
+    middle = np.nanmean([np.nanmin(matrix), np.nanmax(matrix)]) if np.isfinite(matrix).any() else 0.0
     ax.set_xticks(range(len(col_labels)), labels=col_labels, rotation=45, ha="right")
     ax.set_yticks(range(len(row_labels)), labels=row_labels)
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             if np.isfinite(matrix[i, j]):
-                ax.text(j, i, f"{matrix[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
+                ax.text(j, i, f"{matrix[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                        color="k" if matrix[i, j] > middle else "w")  # readable on light and dark cells
     ax.set_title(title)
     return image
 
