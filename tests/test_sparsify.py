@@ -146,3 +146,16 @@ def test_spec_validation():
         parse_sparsify({"name": "dare", "ratio": 1.0})
     with pytest.raises(ConfigError, match=r"order: expected a permutation"):
         Sparsifier({"name": "nm", "conflict_aware": True}, num_models=3, order=[0, 0, 1])
+
+
+def test_kth_smallest_bracket_is_exact_on_large_arrays():
+    from ppmerge.merge.sparsify import kth_smallest
+
+    rng = np.random.default_rng(9)
+    values = [np.abs(rng.standard_normal(600_000)).astype(np.float32),
+              rng.integers(0, 5, 600_000).astype(np.float32),      # heavy ties
+              np.concatenate([np.zeros(500_000), rng.random(100_000)]).astype(np.float32)]
+    for v in values:
+        ordered = np.sort(v)
+        for k in (1, 1000, v.size // 2, v.size - int(v.size * 0.2), v.size):
+            assert kth_smallest(v.copy(), k) == ordered[k - 1]

@@ -106,21 +106,40 @@ def kth_smallest_rank(d, density):
     return None if k <= 0 else k
 
 
+def kth_smallest(values, k, samples=65536):
+    """The exact k-th smallest (1-based) of a flat numpy array, ~4× faster than a full partition: a
+    sorted random sample brackets the rank, only the entries inside the bracket are partitioned
+    (a miss, which the sample makes very unlikely, falls back to the full partition)."""
+    d = values.size
+    if d <= 4 * samples:
+        return values[np.argpartition(values, k - 1)[k - 1]]
+    sample = np.sort(values[np.random.default_rng(0).integers(0, d, samples)])
+    q = k / d
+    margin = 5.0 * np.sqrt(q * (1.0 - q) / samples) + 2.0 / samples
+    lo = sample[max(int((q - margin) * samples), 0)]
+    hi = sample[min(int((q + margin) * samples), samples - 1)]
+    below = int(np.count_nonzero(values < lo))
+    band = values[(values >= lo) & (values <= hi)]
+    if below < k <= below + band.size:
+        return np.partition(band, k - below - 1)[k - below - 1]
+    return np.partition(values, k - 1)[k - 1]
+
+
 def magnitude_mask(magnitude, density):
-    """Per tensor: |τ| ≥ the k-th smallest |τ| (FusionBench's topk_values_mask rule)."""
+    """Per tensor: |τ| ≥ the k-th smallest |τ| (FusionBench's topk_values_mask rule). The threshold is
+    selected on the host (zero-copy on CPU), the mask made on the device."""
     pd = paddle()
     if density <= 0:
         return pd.zeros(magnitude.shape, dtype="bool")
-    k = kth_smallest_rank(int(magnitude.numel()), density)
+    k = kth_smallest_rank(int(magnitude.size), density)
     if k is None:
         return pd.ones(magnitude.shape, dtype="bool")
-    threshold, _ = pd.kthvalue(magnitude.flatten(), k)
-    return magnitude >= threshold
+    return magnitude >= float(kth_smallest(to_host(magnitude).ravel(), k))
 
 
 def global_threshold(magnitudes, sizes, density):
-    """The k-th smallest |τ| over all tensors of one model (numpy on CPU, no concatenation on the device).
-    `magnitudes` yields |τ| per tensor; returns −inf (keep all) or +inf (keep none) at the extremes."""
+    """The k-th smallest |τ| over all tensors of one model (numpy on the host, no concatenation on the
+    device). `magnitudes` yields |τ| per tensor; returns −inf (keep all) or +inf (keep none) at the extremes."""
     total = sum(sizes)
     if density <= 0:
         return float("inf")
@@ -131,8 +150,7 @@ def global_threshold(magnitudes, sizes, density):
     for magnitude, size in zip(magnitudes, sizes):
         flat[at:at + size] = to_host(magnitude).ravel()
         at += size
-    flat.partition(k - 1)
-    return float(flat[k - 1])
+    return float(kth_smallest(flat, k))
 
 
 def nm_mask(magnitude, n, m):
