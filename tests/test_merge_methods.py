@@ -124,10 +124,10 @@ def test_ties_scopes_differ_and_full_threshold_sum_is_sign_filtered_sum():
 # --- DARE ------------------------------------------------------------------------------------------
 
 def dare_reference_mask(shape, p, seed, i, key):
-    """The documented draw: numpy default_rng([seed, model index, crc32(key)]).random(shape) >= p."""
+    """The documented draw: numpy default_rng([seed, model index, crc32(key)]).random(shape, float32) >= p."""
     import zlib
 
-    return np.random.default_rng([seed, i, zlib.crc32(key.encode())]).random(shape) >= p
+    return np.random.default_rng([seed, i, zlib.crc32(key.encode())]).random(shape, dtype=np.float32) >= p
 
 
 def test_dare_task_arithmetic_matches_documented_masks():

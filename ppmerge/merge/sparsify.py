@@ -9,7 +9,7 @@ What each keeps (entries with τ = 0 are never counted as kept):
   keep |τ| ≥ the k-th smallest |τ|, k = d − floor(d·q) (ties at the threshold are all kept). `scope`
   tensor ranks within each tensor, global ranks over the whole task vector (all tensors of a model).
 - random / dare: keep each entry with probability 1 − ratio; the draw for model i and tensor `key`
-  comes from numpy's default_rng([seed, i, crc32(key)]) (uniform in [0,1), kept where ≥ ratio), so it
+  comes from numpy's default_rng([seed, i, crc32(key)]).random(shape, dtype=float32), kept where ≥ ratio, so it
   does not depend on the device or on the order tensors are visited.
 - nm: along the last dimension (1-D tensors: the vector), each block of m consecutive entries keeps its
   n largest |τ|; a trailing block of r < m entries keeps min(n, r). (CABS uses blocks of the whole
@@ -171,7 +171,7 @@ def nm_mask(magnitude, n, m):
 def random_keep(shape, ratio, seed, model_index, key):
     """DARE's Bernoulli(1 − ratio) keep mask for one model and tensor, reproducible from the seed."""
     rng = np.random.default_rng([seed, model_index, zlib.crc32(key.encode("utf-8"))])
-    return paddle().to_tensor(rng.random(tuple(shape)) >= ratio)
+    return paddle().to_tensor(rng.random(tuple(shape), dtype=np.float32) >= ratio)
 
 
 class Sparsifier:
@@ -244,4 +244,5 @@ class Sparsifier:
             keep = paddle().to_tensor(self.owner[key] == i)
         else:
             keep = self.mask(i, key, tau.abs())
-        return tau * keep.astype("float32") * self.spec["scale"]
+        kept = paddle().where(keep, tau, 0.0)
+        return kept * self.spec["scale"] if self.spec["scale"] != 1.0 else kept

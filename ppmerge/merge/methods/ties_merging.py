@@ -25,23 +25,31 @@ def trimmed_source(base, models, threshold, topk_scope, source):
     return lambda i, key: trim.apply(i, key, source(i, key))
 
 
-def elected_sign(stacked, majority):
+def elected_sign(total, majority):
+    """sign(Σ_i τ̂_i), with 0 replaced by the majority sign."""
     pd = paddle()
-    sign = pd.sign(stacked.sum(axis=0))
+    sign = pd.sign(total)
     return pd.where(sign == 0, pd.full_like(sign, majority), sign)
 
 
-def disjoint_merge(stacked, sign, merge_func):
-    """Combine the entries of `stacked` ([n, ...]) whose sign agrees with `sign`."""
+def disjoint_merge(taus, sign, merge_func):
+    """Combine the entries of the τ̂_i whose sign agrees with `sign`, one model at a time (no [n, ...]
+    stack). relu(direction·τ̂) is |τ̂| where τ̂ agrees and 0 elsewhere; like FusionBench's
+    where(sign > 0, τ > 0, τ < 0), an elected 0 selects the negative entries (max then gives 0)."""
     pd = paddle()
-    agree = pd.where(sign > 0, stacked > 0, stacked < 0)
-    selected = stacked * agree.astype("float32")
-    if merge_func == "sum":
-        return selected.sum(axis=0)
+    relu = pd.nn.functional.relu
+    direction = pd.where(sign > 0, 1.0, -1.0)
+    agreeing = [relu(tau * direction) for tau in taus]
+    if merge_func == "max":
+        largest = agreeing[0]
+        for magnitude in agreeing[1:]:
+            largest = pd.maximum(largest, magnitude)
+        return largest * sign
+    total = pd.add_n(agreeing)
     if merge_func == "mean":
-        count = agree.astype("float32").sum(axis=0)
-        return selected.sum(axis=0) / pd.clip(count, min=1.0)
-    return selected.abs().max(axis=0) * sign  # max
+        count = pd.add_n([(magnitude > 0).astype("float32") for magnitude in agreeing])
+        total = total / pd.clip(count, min=1.0)
+    return total * direction
 
 
 def ties_merge(base, models, threshold, merge_func, scaling_factor, topk_scope, source):
@@ -50,19 +58,16 @@ def ties_merge(base, models, threshold, merge_func, scaling_factor, topk_scope, 
     trimmed = trimmed_source(base, models, threshold, topk_scope, source)
     keys = float_key_shapes(base)
 
-    def majority_sign(stacked):
-        return float(pd.sign(pd.sign(stacked.sum(axis=0)).sum()))
-
     majority = None
     if topk_scope == "global":  # FusionBench resolves zero signs with the sign count of the whole vector
-        total = sum(float(pd.sign(pd.stack([trimmed(i, k) for i in range(len(models))]).sum(axis=0)).sum())
-                    for k in keys)
-        majority = float(np.sign(total))
+        count = sum(float(pd.sign(pd.add_n([trimmed(i, k) for i in range(len(models))])).sum()) for k in keys)
+        majority = float(np.sign(count))
 
     def combine(key, theta0, taus):
-        stacked = pd.stack(taus)
-        sign = elected_sign(stacked, majority if majority is not None else majority_sign(stacked))
-        return theta0 + scaling_factor * disjoint_merge(stacked, sign, merge_func)
+        total = pd.add_n(taus)
+        tensor_majority = majority if majority is not None else float(np.sign(float(pd.sign(total).sum())))
+        sign = elected_sign(total, tensor_majority)
+        return theta0 + scaling_factor * disjoint_merge(taus, sign, merge_func)
 
     return merge_task_vectors(base, models, combine, source=trimmed)
 
