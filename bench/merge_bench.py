@@ -22,7 +22,7 @@ import psutil
 import yaml
 
 import benchlib
-from model_pool import SIZES, backbone_shapes, random_backbone, state_dict_bytes, write_pool
+from model_pool import SIZES, backbone_shapes
 from ppmerge.cli import run_tool
 from ppmerge.errors import UserError
 
@@ -91,10 +91,12 @@ def main(argv=None):
     folder = tempfile.mkdtemp(prefix="ppmerge_merge_bench_", dir=parent)
     try:
         t0 = time.perf_counter()
-        base = random_backbone(shapes, seed=0)
-        pool = write_pool(os.path.join(folder, "models"), base, TASKS[:args.n], seed=0)
-        model_bytes = state_dict_bytes(base)  # one model's tensors (the score head is negligible)
-        del base
+        print(f"merge_bench: writing {args.n + 1} models of {benchlib.gb(model_bytes):.2f} GB ...", file=sys.stderr)
+        written = benchlib.run_child([benchlib.PYTHON, os.path.join(benchlib.ROOT, "bench", "model_pool.py"),
+                                      os.path.join(folder, "models"), "--size", args.size, "--tasks",
+                                      *TASKS[:args.n]])
+        pool = benchlib.last_json_line(written["stdout"])
+        model_bytes = pool["model_bytes"]  # one backbone's tensors (a score head is negligible)
         write_s = time.perf_counter() - t0
         inputs = [pool["base"]] + list(pool["models"].values())
         file_bytes = os.path.getsize(pool["models"][TASKS[0]])
@@ -116,6 +118,7 @@ def main(argv=None):
             cfg_path = os.path.join(folder, name + ".yaml")
             with open(cfg_path, "w") as f:
                 yaml.safe_dump(merge_config(pool, merge, out_dir), f, sort_keys=False)
+            print(f"merge_bench: {name} ...", file=sys.stderr)
             run = benchlib.run_child([benchlib.PYTHON, os.path.join(benchlib.ROOT, "tools", "merge.py"),
                                       "-c", cfg_path, "--device", "cpu"])
             run.pop("stdout")

@@ -84,3 +84,24 @@ def write_pool(folder, base_backbone, tasks, seed=0, delta=1e-3):
         paths["models"][task] = path
         del state
     return paths
+
+
+def main():
+    """CLI, so that merge_bench writes the pool in a child process and stays small itself:
+    python bench/model_pool.py FOLDER --size medium --tasks CoLA SST2 ...  (prints the paths as JSON)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("folder")
+    parser.add_argument("--size", choices=list(SIZES), required=True)
+    parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    base = random_backbone(backbone_shapes(**SIZES[args.size]), seed=args.seed)
+    paths = write_pool(args.folder, base, args.tasks, seed=args.seed)
+    print(json.dumps(dict(paths, model_bytes=state_dict_bytes(base))))
+
+
+if __name__ == "__main__":
+    main()
