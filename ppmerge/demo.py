@@ -1,0 +1,265 @@
+"""The embedded demo (`make demo`): the whole toolkit on a generated GLUE suite and a tiny GPT.
+
+It takes the same path users take for GPT-345M: `tools/train.py` with the shipped training config
+and `-o` overrides for each task, then `tools/merge.py` with the shipped merge configs and `-o`
+overrides for each method. The tools run in this process (their `main(argv)`), so the ~6 s of
+paddle/paddlenlp imports are paid once. Each tool's own output goes to a log file beside its results;
+the screen gets one line per step and the final table.
+"""
+import contextlib
+import importlib.util
+import json
+import os
+import sys
+import time
+
+from ppmerge.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_CONFIG = os.path.join(ROOT, "configs", "gpt", "finetune_gpt_tiny_glue.yaml")
+MERGE_CONFIGS = os.path.join(ROOT, "configs", "merge")
+
+# (row name, merge config, extra overrides, which models). The first run also computes the reference
+# rows. CABS merges two task vectors (its lamb1 x lamb2 grid), the config's RTE + MRPC pair.
+ALL = None
+METHOD_RUNS = [
+    ("simple_average", "gpt_glue_simple_average.yaml", [], ALL),
+    ("weighted_average", "gpt_glue_weighted_average.yaml", [], ALL),
+    ("task_arithmetic", "gpt_glue_task_arithmetic.yaml", [], ALL),
+    ("ties_merging", "gpt_glue_ties_merging.yaml", [], ALL),
+    ("dare_task_arithmetic", "gpt_glue_dare_task_arithmetic.yaml", [], ALL),
+    ("dare_ties_merging", "gpt_glue_dare_ties_merging.yaml", [], ALL),
+    ("fisher_merging", "gpt_glue_fisher_merging.yaml", ["Merge.num_fisher_examples=32"], ALL),
+    ("regmean", "gpt_glue_regmean.yaml", ["Merge.num_regmean_examples=64"], ALL),
+    ("simple_ensemble", "gpt_glue_simple_ensemble.yaml", [], ALL),
+    ("task_arithmetic_sweep", "gpt_glue_task_arithmetic_sweep.yaml", [], ALL),
+    ("cabs", "gpt_glue_cabs.yaml", [], ("RTE", "MRPC")),
+]
+
+
+def run_models(models, which):
+    """The models a run merges: all of them, or the named pair (else the first two there are)."""
+    if which is ALL:
+        return models
+    picked = {t: models[t] for t in which if t in models}
+    return picked if len(picked) == len(which) else dict(list(models.items())[:len(which)])
+
+
+def method_overrides(name, models):
+    """Overrides that depend on the pool's size (the shipped configs are written for nine tasks)."""
+    from ppmerge.data import TASK_NAMES
+
+    if name == "weighted_average" and list(models) != TASK_NAMES:
+        return [f"Merge.weights={json.dumps([1.0] * len(models))}"]
+    return []
+
+
+# A fine-tuned model must beat the base on its own task's main metric by at least this much (x100).
+MIN_MARGIN = 10.0
+
+
+def _load_tool(name):
+    """Import tools/<name>.py as a module (tools/ is not a package)."""
+    path = os.path.join(ROOT, "tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"ppmerge_tool_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_logged(tool, argv, log_path):
+    """Run tool.main(argv) with its stdout/stderr in log_path; a failure points at the log."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(argv) + "\n")
+        log.flush()
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                code = tool.main(argv)
+        except UserError as exc:
+            raise UserError(f"{exc} (full log: {log_path})") from None
+    if code:
+        raise UserError(f"{' '.join(argv[:3])} exited {code}; see {log_path}")
+
+
+def write_base(path, seed):
+    """A tiny GPT 'pretrained' base: seeded random init, backbone only (no head), real GPT-2 vocab."""
+    from ppmerge.models import build_model, save_state_dict
+    from ppmerge.runtime import import_paddle
+
+    paddle = import_paddle()
+    paddle.seed(seed)
+    model = build_model({"name": "gpt-tiny"}, num_classes=2)
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("score.")}
+    save_state_dict(backbone, path)
+
+
+def finetune_overrides(task, data_dir, base_path, out_dir, epochs):
+    """The -o overrides a user passes to fine-tune the tiny config on one task (cf. projects/gpt/*.sh)."""
+    from ppmerge.data import get_task
+    from ppmerge.data.synthetic import task_root
+
+    spec = get_task(task)
+    root = task_root(spec.name, data_dir, "glue")
+    eval_split = "dev_matched" if spec.name == "MNLI" else "dev"
+    overrides = [
+        f"Data.Train.dataset.name={spec.name}", f"Data.Train.dataset.root={root}",
+        f"Data.Eval.dataset.name={spec.name}", f"Data.Eval.dataset.root={root}",
+        f"Data.Eval.dataset.split={eval_split}",
+        f"Model.num_classes={spec.num_classes}", f"Model.pretrained={base_path}",
+        f"Model.loss.train.name={spec.loss}", f"Model.loss.eval.name={spec.loss}",
+        f"Model.metric.train.name={spec.metric}", f"Model.metric.eval.name={spec.metric}",
+        f"Engine.num_train_epochs={epochs}", f"Engine.save_load.output_dir={out_dir}",
+        "Engine.logging_freq=1000",
+    ]
+    return [arg for o in overrides for arg in ("-o", o)]
+
+
+def final_model(out_dir):
+    """The final checkpoint's model file (the engine names the last checkpoint in output_dir/latest)."""
+    with open(os.path.join(out_dir, "latest"), encoding="utf-8") as f:
+        name = f.read().strip()
+    return os.path.join(out_dir, name, "model.pdparams")
+
+
+def merge_overrides(models, base_path, data_dir, out_dir, n_dev):
+    # JSON is YAML: the whole pool and task list are replaced, not merged into the config's nine tasks
+    overrides = [
+        f"ModelPool.base={base_path}", f"ModelPool.models={json.dumps(models)}",
+        f"TaskPool.tasks={json.dumps(list(models))}",
+        "Global.device=cpu", f"TaskPool.data_root={data_dir}", "TaskPool.layout=glue",
+        "TaskPool.model.name=gpt-tiny", "TaskPool.max_length=64", "TaskPool.batch_size=64",
+        f"TaskPool.max_examples={n_dev}", f"Output.dir={out_dir}",
+    ]
+    return [arg for o in overrides for arg in ("-o", o)]
+
+
+def _main_row(row, tasks):
+    return {t: (row["metrics"][t]["main"] * 100 if t in row["metrics"] else float("nan")) for t in tasks}
+
+
+def collect_table(reports, tasks):
+    """Rows: the base, each fine-tuned model on its own task, then each method (best sweep point)."""
+    first = next(iter(reports.values()))
+    rows = {}
+    base = [r for r in first["rows"] if r["kind"] == "base"]
+    if base:
+        rows["Pretrained base"] = _main_row(base[0], tasks)
+    own = {}
+    for r in first["rows"]:
+        if r["kind"] == "finetuned":
+            own.update({t: v for t, v in _main_row(r, tasks).items() if t in r["metrics"]})
+    if own:
+        rows["Fine-tuned (own task)"] = own
+    for name, report in reports.items():
+        merged = [r for r in report["rows"] if r["kind"] in ("merged", "sweep")]
+        pick = [r for r in merged if r.get("best")] or merged
+        notes = [] if set(report["tasks"]) == set(tasks) else ["+".join(report["tasks"]) + " only"]
+        if pick[0].get("best") and len(merged) > 1:
+            notes.append(f"best: {pick[0]['name']}")
+        label = f"{name} ({', '.join(notes)})" if notes else name
+        rows[label] = _main_row(pick[0], tasks)
+    return rows
+
+
+def format_table(rows, tasks):
+    import math
+
+    header = ["Model", *tasks, "Avg."]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for name, values in rows.items():
+        present = [values[t] for t in tasks if t in values and not math.isnan(values[t])]
+        avg = sum(present) / len(present) if present else float("nan")
+        cells = [f"{values[t]:.2f}" if t in values and not math.isnan(values[t]) else "" for t in tasks]
+        lines.append("| " + " | ".join([name, *cells, f"{avg:.2f}"]) + " |")
+    return "\n".join(lines)
+
+
+def check_margins(rows, tasks, margin=MIN_MARGIN):
+    """Each fine-tuned model must beat the base on its own task by `margin` points; list the failures."""
+    base, own = rows.get("Pretrained base", {}), rows.get("Fine-tuned (own task)", {})
+    return [f"{t}: fine-tuned {own.get(t, float('nan')):.2f} vs base {base.get(t, float('nan')):.2f}"
+            for t in tasks if not own.get(t, float("-inf")) - base.get(t, float("inf")) >= margin]
+
+
+def run_demo(out_dir="output/demo", n_train=512, n_dev=128, epochs=3, seed=0, tasks=None,
+             methods=None, say=print):
+    """Run the demo; returns {"rows", "table", "failures", "seconds"}. Raises UserError on failure."""
+    from ppmerge.data import TASK_NAMES
+    from ppmerge.data.synthetic import write_glue_suite
+
+    tasks = list(tasks or TASK_NAMES)
+    out_dir = os.path.abspath(out_dir)
+    data_dir = os.path.join(out_dir, "data")
+    base_path = os.path.join(out_dir, "base", "model.pdparams")
+    start = time.time()
+
+    say(f"[1/4] generated GLUE suite ({len(tasks)} tasks, {n_train} train / {n_dev} dev each) -> {data_dir}")
+    write_glue_suite(data_dir, layout="glue", n_train=n_train, n_dev=n_dev, seed=seed, tasks=tasks)
+    say(f"[2/4] tiny GPT base (gpt-tiny preset, seed {seed}, GPT-2 BPE vocabulary) -> {base_path}")
+    write_base(base_path, seed)
+
+    train = _load_tool("train")
+    models = {}
+    say(f"[3/4] fine-tuning with tools/train.py -c {os.path.relpath(TRAIN_CONFIG, ROOT)} -o ...")
+    for task in tasks:
+        t0 = time.time()
+        task_out = os.path.join(out_dir, "finetune", task)
+        argv = ["-c", TRAIN_CONFIG, *finetune_overrides(task, data_dir, base_path, task_out, epochs)]
+        _run_logged(train, argv, os.path.join(out_dir, "logs", f"train_{task}.log"))
+        models[task] = final_model(task_out)
+        say(f"      {task:<5} {time.time() - t0:5.1f} s -> {os.path.relpath(models[task], out_dir)}")
+
+    merge = _load_tool("merge")
+    runs = [r for r in METHOD_RUNS if methods is None or r[0] in methods]
+    say(f"[4/4] merging with tools/merge.py ({len(runs)} runs) -> {os.path.join(out_dir, 'merge')}")
+    reports = {}
+    for i, (name, config, extra, which) in enumerate(runs):
+        t0 = time.time()
+        run_out = os.path.join(out_dir, "merge", name)
+        pool = run_models(models, which)
+        argv = ["-c", os.path.join(MERGE_CONFIGS, config), *merge_overrides(pool, base_path, data_dir, run_out, n_dev)]
+        argv += [arg for o in extra + method_overrides(name, pool) for arg in ("-o", o)]
+        if i == 0:  # reference rows once: the base, each fine-tuned model, the cross-task matrix
+            argv += ["-o", "Output.reference_rows.base=true", "-o", "Output.reference_rows.finetuned=true",
+                     "-o", "Output.reference_rows.cross_task=true"]
+        _run_logged(merge, argv, os.path.join(out_dir, "logs", f"merge_{name}.log"))
+        with open(os.path.join(run_out, "report.json"), encoding="utf-8") as f:
+            reports[name] = json.load(f)
+        say(f"      {name:<22} {time.time() - t0:5.1f} s")
+
+    rows = collect_table(reports, tasks)
+    table = format_table(rows, tasks)
+    from ppmerge.fileio import write_text
+
+    write_text(os.path.join(out_dir, "results.md"), table + "\n")
+    return {"rows": rows, "table": table, "failures": check_margins(rows, tasks),
+            "seconds": time.time() - start, "out_dir": out_dir}
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="ppmerge demo: generated GLUE, tiny GPT, fine-tune, merge, table")
+    parser.add_argument("--out", default="output/demo", help="output folder (default output/demo)")
+    parser.add_argument("--n-train", type=int, default=512, help="training examples per task")
+    parser.add_argument("--n-dev", type=int, default=128, help="dev examples per task")
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs per task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", nargs="*", default=None, help="subset of tasks (default: all nine)")
+    parser.add_argument("--methods", nargs="*", default=None, help="subset of merge runs (default: all)")
+    args = parser.parse_args(argv)
+
+    result = run_demo(args.out, args.n_train, args.n_dev, args.epochs, args.seed, args.tasks, args.methods)
+    print("\nMain metric x100 on each task's dev split (CoLA mcc, MRPC/QQP acc_and_f1, STSB corr, else accuracy):\n")
+    print(result["table"])
+    print(f"\nreports, plots and merged models: {os.path.join(result['out_dir'], 'merge')}/*/ "
+          f"(report.md, report.xlsx, sweep.png, cross_task.png); finished in {result['seconds']:.0f} s")
+    if result["failures"]:
+        print(f"\nFAILED: a fine-tuned model did not beat the base by {MIN_MARGIN:.0f} points on its own task:",
+              file=sys.stderr)
+        for line in result["failures"]:
+            print("  " + line, file=sys.stderr)
+        return 1
+    print(f"check: every fine-tuned model beats the base on its own task by >= {MIN_MARGIN:.0f} points")
+    return 0
