@@ -257,7 +257,7 @@ class Engine:
         return np.concatenate(outputs) if outputs else np.zeros((0, self.module.task.num_classes), np.float32)
 
     def _evaluate_and_track(self, dataset, state):
-        results = self.evaluate(dataset, tag=f"eval epoch {state['epoch']} step {state['global_step']}")
+        results = self.evaluate(dataset, tag=f"eval epoch {_last_step_epoch(state)} step {state['global_step']}")
         self.eval_history.append((state["global_step"], results))
         key = self.module.build_metric().main_key
         if self.best is None or results[key] > self.best["value"]:
@@ -272,8 +272,7 @@ class Engine:
         """Write output_dir/epoch_{e}_step_{s}/ (rank 0 only); e is the epoch of the last step."""
         if not self.is_main:
             return
-        epoch = state["epoch"] - 1 if state["step_in_epoch"] == 0 and state["global_step"] > 0 else state["epoch"]
-        folder = os.path.join(self.output_dir, checkpoint.checkpoint_name(epoch, state["global_step"]))
+        folder = os.path.join(self.output_dir, checkpoint.checkpoint_name(_last_step_epoch(state), state["global_step"]))
         meta = dict(state, steps_per_epoch=steps_per_epoch, rng=get_rng_states(), best_metric=self.best,
                     history=list(self.history), config=self.cfg)
         checkpoint.save_checkpoint(folder, self.module.network, self.optimizer, self.scaler, meta)
@@ -295,6 +294,11 @@ class Engine:
     def load(self, folder):
         """Load only the weights of a checkpoint folder (for evaluation)."""
         checkpoint.load_checkpoint(folder, self.module.network)
+
+
+def _last_step_epoch(state):
+    """The 0-based epoch the last optimizer step belonged to (the state may already have rolled over)."""
+    return state["epoch"] - 1 if state["step_in_epoch"] == 0 and state["global_step"] > 0 else state["epoch"]
 
 
 class _Trace:
