@@ -245,6 +245,15 @@ class TaskPool:
         with tqdm(disable=True) as bar:
             return self._run(model, task, lambda m, ids, lens: m(ids, lens), bar)
 
+    def _skeleton_with(self, backbone, heads, task, loaded):
+        """The shared skeleton for `task`'s class count, holding `backbone`; `loaded` (ids of the
+        skeletons already holding it) saves reloading the backbone for tasks that share a skeleton."""
+        model = self.skeleton(self.specs[task].num_classes)
+        if id(model) not in loaded:
+            self.load_backbone(model, backbone, head_names=set(self._head(heads, task)))
+            loaded.add(id(model))
+        return model
+
     def evaluate(self, backbone, heads, tasks=None, desc="evaluate"):
         """{task: metrics} for one backbone, each task with its own head."""
         tasks = self._select(tasks)
@@ -254,12 +263,8 @@ class TaskPool:
             for task in tasks:
                 bar.set_postfix_str(task)
                 start = time.perf_counter()
-                head = self._head(heads, task)
-                model = self.skeleton(self.specs[task].num_classes)
-                if id(model) not in loaded:
-                    self.load_backbone(model, backbone, head_names=set(head))
-                    loaded.add(id(model))
-                self.load_head(model, task, head)
+                model = self._skeleton_with(backbone, heads, task, loaded)
+                self.load_head(model, task, self._head(heads, task))
                 outputs, labels = self._run(model, task, lambda m, ids, lens: m(ids, lens), bar)
                 results[task] = self._metrics(task, outputs, labels, time.perf_counter() - start)
         return results
@@ -282,11 +287,7 @@ class TaskPool:
                 for task in tasks:
                     bar.set_postfix_str(task)
                     start = time.perf_counter()
-                    head = self._head(heads, task)
-                    model = self.skeleton(self.specs[task].num_classes)
-                    if id(model) not in loaded:
-                        self.load_backbone(model, backbone, head_names=set(head))
-                        loaded.add(id(model))
+                    model = self._skeleton_with(backbone, heads, task, loaded)
                     hidden, labels[task] = self._run(model, task, lambda m, ids, lens: m.pooled_hidden(ids, lens), bar)
                     pooled[task] = hidden if pooled[task] is None else pooled[task] + hidden
                     seconds[task] += time.perf_counter() - start
