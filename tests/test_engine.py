@@ -166,6 +166,15 @@ def test_optimizer_excludes_bias_and_norm_from_decay_and_schedule(sst2):
         sched.step()
     expected = [s / 2 if s < 2 else (10 - s) / 8 for s in range(10)]  # linear up over 2, down to 0 at 10
     np.testing.assert_allclose(lrs, expected, atol=1e-7)
+    for warmup, expected in ((0.2, [0.0, 0.5] + [1.0] * 8), (0, [1.0] * 10)):  # Constant: up over 2, then flat
+        sched = build_lr_scheduler({"name": "Constant", "learning_rate": 1.0, "warmup": warmup}, 10)
+        lrs = []
+        for _ in range(10):
+            lrs.append(sched.get_lr())
+            sched.step()
+        np.testing.assert_allclose(lrs, expected, atol=1e-7)
+    with pytest.raises(ConfigError, match="Cosine"):
+        build_lr_scheduler({"name": "Cosine", "learning_rate": 1.0, "warmup": 0}, 10)
     with pytest.raises(ConfigError, match="AdamW"):
         build_optimizer({"name": "SGD"}, module.network, sched)
 
@@ -192,3 +201,17 @@ def test_optimizer_state_keys_survive_another_process_numbering():
     name_b = dict(model_b.named_parameters())["0.weight"].name
     np.testing.assert_array_equal(restored[f"{name_b}_moment1_0"].numpy(),
                                   opt_a.state_dict()[f"{dict(model_a.named_parameters())['0.weight'].name}_moment1_0"].numpy())
+
+
+def test_fleetx_global_batch_keys_are_checked_not_ignored():
+    from ppmerge.engine.data import check_batch_sizes
+    from ppmerge.errors import ConfigError
+
+    cfg = {"Global": {"micro_batch_size": 8, "local_batch_size": 16, "global_batch_size": 32},
+           "Data": {"Train": {"sampler": {"batch_size": 8}}}}
+    check_batch_sizes(cfg, accumulate_steps=2, world_size=2)  # 8 per pass, 16 per step, 32 over 2 ranks
+    for key, bad in (("micro_batch_size", 16), ("local_batch_size", 8), ("global_batch_size", 16)):
+        wrong = {**cfg, "Global": {**cfg["Global"], key: bad}}
+        with pytest.raises(ConfigError, match=f"Global.{key}={bad} disagrees"):
+            check_batch_sizes(wrong, accumulate_steps=2, world_size=2)
+    check_batch_sizes({"Global": {}, "Data": {"Train": {"sampler": {"batch_size": 8}}}}, 3, 1)  # null: derived

@@ -44,8 +44,12 @@ TRAIN_SCHEMA = Section({
     "Global": Section({
         "device": Field(str, default="cpu", help="cpu, gpu, gpu:N, xpu, npu"),
         "seed": Field(int, default=1024, help="seeds weights init, dropout and shuffling"),
-        "local_batch_size": Field(int, default=32, help="batch per rank per optimizer step"),
-        "micro_batch_size": Field(int, default=32, help="batch per forward/backward"),
+        # FleetX's batch keys. The loop's batch is Data.Train.sampler.batch_size x Engine.accumulate_steps;
+        # when these are set they are checked against it (a disagreement is an error).
+        "local_batch_size": Field(int, default=None, nullable=True,
+                                  help="batch per rank per optimizer step (= sampler.batch_size x accumulate_steps); null = derived"),
+        "micro_batch_size": Field(int, default=None, nullable=True,
+                                  help="batch per forward/backward (= Data.Train.sampler.batch_size); null = derived"),
         "global_batch_size": Field(int, default=None, nullable=True,
                                    help="local_batch_size x data-parallel ranks; null = derived"),
     }),

@@ -25,6 +25,24 @@ def build_dataset(cfg, mode, split=None):
                        max_length=int(ds.get("max_length") or 128))
 
 
+def check_batch_sizes(cfg, accumulate_steps, world_size):
+    """FleetX's Global batch keys, when set, must describe the batch the loop really uses:
+    micro_batch_size = Data.Train.sampler.batch_size (one forward/backward), local_batch_size =
+    micro x Engine.accumulate_steps (one optimizer step on one rank), global_batch_size = local x ranks.
+    A disagreement is an error, never silently ignored."""
+    glob = cfg["Global"]
+    micro = int(((cfg["Data"].get("Train") or {}).get("sampler") or {}).get("batch_size") or 32)
+    expected = {"micro_batch_size": (micro, "Data.Train.sampler.batch_size"),
+                "local_batch_size": (micro * accumulate_steps,
+                                     "Data.Train.sampler.batch_size x Engine.accumulate_steps"),
+                "global_batch_size": (micro * accumulate_steps * world_size,
+                                      f"local batch x {world_size} data-parallel rank(s)")}
+    for key, (value, rule) in expected.items():
+        if glob.get(key) is not None and int(glob[key]) != value:
+            raise ConfigError(f"Global.{key}={glob[key]} disagrees with the batch the loop uses: {rule} = {value} "
+                              f"(set Global.{key}={value} or null, or change the batch keys to match)")
+
+
 def build_loader(cfg, mode, dataset, num_replicas=1, rank=0, train=True):
     """DataLoader over `dataset` with `Data.<mode>.sampler` / `.loader`; eval never shuffles or drops."""
     from ppmerge.data import build_dataloader
@@ -32,7 +50,7 @@ def build_loader(cfg, mode, dataset, num_replicas=1, rank=0, train=True):
     section = (cfg.get("Data") or {}).get(mode) or {}
     sampler = section.get("sampler") or {}
     loader = section.get("loader") or {}
-    batch_size = int(sampler.get("batch_size") or cfg["Global"].get("micro_batch_size") or 32)
+    batch_size = int(sampler.get("batch_size") or 32)
     return build_dataloader(dataset, batch_size,
                             shuffle=bool(sampler.get("shuffle", True)) and train,
                             drop_last=bool(sampler.get("drop_last", False)) and train,

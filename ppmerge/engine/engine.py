@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from ppmerge.engine import amp, checkpoint
-from ppmerge.engine.data import build_loader
+from ppmerge.engine.data import build_loader, check_batch_sizes
 from ppmerge.engine.distributed import world
 from ppmerge.engine.optim import build_lr_scheduler, build_optimizer
 from ppmerge.engine.seed import get_rng_states, set_rng_states
@@ -61,6 +61,7 @@ class Engine:
         self.ckpt_dir = save_load.get("ckpt_dir")
 
         self.world_size, self.rank = world()
+        check_batch_sizes(cfg, self.accumulate_steps, self.world_size)
         self.is_main = self.rank == 0
         mix = eng.get("mix_precision") or {}
         self.amp = amp.plan_amp(mix, lambda dtype: amp.device_supports(paddle, dtype), paddle.get_device(),

@@ -15,14 +15,19 @@ def warmup_steps(warmup, total_steps):
 
 
 def build_lr_scheduler(lr_cfg, total_steps):
-    """LinearDecayWithWarmup (paddlenlp's): linear 0 → lr over the warmup, then linear lr → 0."""
+    """LinearDecayWithWarmup (paddlenlp's): linear 0 → lr over the warmup, then linear lr → 0.
+    Constant: linear 0 → lr over the warmup, then lr."""
     name = lr_cfg.get("name") or "LinearDecayWithWarmup"
+    learning_rate = float(lr_cfg["learning_rate"])
+    warmup = warmup_steps(lr_cfg.get("warmup"), total_steps)
+    if name == "Constant":
+        paddle = import_paddle()
+        return paddle.optimizer.lr.LambdaDecay(learning_rate, lambda step: min(1.0, step / warmup) if warmup else 1.0)
     if name != "LinearDecayWithWarmup":
-        raise ConfigError(f"Optimizer.lr.name: {name!r} is not supported; expected LinearDecayWithWarmup")
+        raise ConfigError(f"Optimizer.lr.name: {name!r} is not supported; expected LinearDecayWithWarmup or Constant")
     transformers = import_paddlenlp_transformers()
     # An int warmup is a step count for paddlenlp; a float is a ratio, so pass our rule's steps.
-    return transformers.LinearDecayWithWarmup(float(lr_cfg["learning_rate"]), max(total_steps, 1),
-                                              warmup_steps(lr_cfg.get("warmup"), total_steps))
+    return transformers.LinearDecayWithWarmup(learning_rate, max(total_steps, 1), warmup)
 
 
 def decay_parameter_names(model):
