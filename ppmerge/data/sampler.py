@@ -1,8 +1,10 @@
-"""Seeded, resumable, rank-sharded batches, and the DataLoader built on them."""
+"""Seeded, resumable, rank-sharded training batches; length-sorted evaluation batches; the
+DataLoaders built on them."""
 import math
 
 import numpy as np
 
+from ppmerge.data.buckets import length_sorted_batches, sequence_lengths
 from ppmerge.data.collate import collate_batch
 from ppmerge.errors import UserError
 from ppmerge.runtime import import_paddle
@@ -94,5 +96,32 @@ def build_dataloader(dataset, batch_size, shuffle, drop_last, seed, num_workers=
     (call its set_epoch / set_start_step)."""
     sampler = ShuffleBatchSampler(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last,
                                   seed=seed, num_replicas=num_replicas, rank=rank)
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch,
+                                num_workers=num_workers, return_list=True)
+
+
+class LengthSortedBatchSampler(paddle.io.BatchSampler):
+    """Evaluation batches of similar length (`length_sorted_batches`): the indices 0..n-1 of the
+    first n examples, longest first. `.batches` is the fixed plan: pass it to `restore_order` to put
+    the outputs back in dataset order. Never shuffles, never drops, same plan on every pass."""
+
+    def __init__(self, lengths, batch_size):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"sampler batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.batches = length_sorted_batches(lengths, batch_size)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch.tolist()
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def build_eval_dataloader(dataset, batch_size, num_workers=0, count=None):
+    """paddle DataLoader over the first `count` examples (all by default) in length-sorted batches,
+    each padded to its own longest (collate_batch). `loader.batch_sampler.batches` restores the order."""
+    sampler = LengthSortedBatchSampler(sequence_lengths(dataset, count), batch_size)
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch,
                                 num_workers=num_workers, return_list=True)

@@ -30,7 +30,7 @@ from ppmerge.engine.data import build_loader, check_batch_sizes
 from ppmerge.engine.distributed import world
 from ppmerge.engine.optim import build_lr_scheduler, build_optimizer
 from ppmerge.engine.seed import get_rng_states, set_rng_states
-from ppmerge.errors import ConfigError
+from ppmerge.errors import ConfigError, DataError
 from ppmerge.fileio import atomic_path, write_text
 from ppmerge.runtime import import_paddle
 
@@ -215,47 +215,58 @@ class Engine:
                 "eval": self.eval_history[-1][1] if self.eval_history else None}
 
     # ------------------------------------------------------------------ eval
-    def _loader(self, dataset):
-        return build_loader(self.cfg, "Eval", dataset, train=False)
+    def _eval_batch_size(self):
+        section = self.cfg["Data"].get("Eval") or {}
+        return int((section.get("sampler") or {}).get("batch_size") or 32)
 
-    def evaluate(self, dataset, tag="eval"):
-        """Metrics of the model on a labelled dataset: the task metric's values plus `loss`."""
+    def _eval_outputs(self, dataset, count=None):
+        """(logits float32 [n, C], labels [n]) of the first `count` examples (all by default), in
+        dataset order. Batches are length-sorted (Data.Eval.sampler.batch_size examples of similar
+        length, each padded to its own longest) and the rows put back in order afterwards."""
+        from ppmerge.data import build_eval_dataloader, restore_order
+
         paddle = self.paddle
-        metric = self.module.build_metric()
+        num_workers = int(((self.cfg["Data"].get("Eval") or {}).get("loader") or {}).get("num_workers") or 0)
+        loader = build_eval_dataloader(dataset, self._eval_batch_size(), num_workers=num_workers, count=count)
         network = self.module.network
         was_training = network.training
         network.eval()
-        losses, count, start = [], 0, time.perf_counter()
+        logits, labels = [], []
         with paddle.no_grad():
-            for i, batch in enumerate(self._loader(dataset)):
-                if 0 < self.eval_iters <= i:
-                    break
+            for batch in loader:
                 with amp.autocast(paddle, self.amp):
-                    logits, labels = self.module.eval_step(batch)
-                losses.append(float(self.module.eval_loss(logits, labels)) * len(labels))
-                count += len(labels)
-                metric.update(logits.astype("float32"), labels)
+                    out, y = self.module.eval_step(batch)
+                logits.append(out.astype("float32").numpy())
+                labels.append(y.numpy())
         if was_training:
             network.train()
+        if not logits:
+            return np.zeros((0, self.module.task.num_classes), np.float32), np.zeros(0)
+        plan = loader.batch_sampler.batches
+        return restore_order(plan, np.concatenate(logits)), restore_order(plan, np.concatenate(labels))
+
+    def evaluate(self, dataset, tag="eval"):
+        """Metrics of the model on a labelled dataset: the task metric's values plus `loss` (the mean
+        over examples). `Engine.eval_iters` > 0 evaluates the first eval_iters batches' worth of examples."""
+        paddle = self.paddle
+        start = time.perf_counter()
+        count = self.eval_iters * self._eval_batch_size() if self.eval_iters > 0 else None
+        logits, labels = self._eval_outputs(dataset, count)
+        if not len(labels):
+            raise DataError(f"{self.module.task.name} {getattr(dataset, 'split', 'eval')}: no examples to evaluate")
+        metric = self.module.build_metric()
+        metric.update(logits, labels)
         results = metric.accumulate()
-        results["loss"] = sum(losses) / max(count, 1)
-        speed = count / max(time.perf_counter() - start, 1e-9)
+        loss = self.module.eval_loss(paddle.to_tensor(logits), paddle.to_tensor(labels))
+        results["loss"] = float(loss)
+        speed = len(labels) / max(time.perf_counter() - start, 1e-9)
         shown = ", ".join(f"{k}: {v:.5f}" for k, v in results.items())
-        self._print(f"[{tag}] {self.module.task.name}: {shown}, examples: {count}, samples/s: {speed:.1f}")
+        self._print(f"[{tag}] {self.module.task.name}: {shown}, examples: {len(labels)}, samples/s: {speed:.1f}")
         return results
 
     def predict(self, dataset):
         """Model outputs for every example, in dataset order: logits [n, C] (scores [n, 1] for STS-B)."""
-        paddle = self.paddle
-        network = self.module.network
-        network.eval()
-        outputs = []
-        with paddle.no_grad():
-            for batch in self._loader(dataset):
-                with amp.autocast(paddle, self.amp):
-                    logits, _ = self.module.eval_step(batch)
-                outputs.append(logits.astype("float32").numpy())
-        return np.concatenate(outputs) if outputs else np.zeros((0, self.module.task.num_classes), np.float32)
+        return self._eval_outputs(dataset)[0]
 
     def _evaluate_and_track(self, dataset, state):
         results = self.evaluate(dataset, tag=f"eval epoch {_last_step_epoch(state)} step {state['global_step']}")

@@ -226,18 +226,36 @@ class TaskPool:
         values["seconds"] = round(float(seconds), 4)
         return values
 
+    def eval_batches(self, task):
+        """The plan of the task's eval pass: arrays of eval positions, longest sequences first, so
+        each batch (padded to its own longest) wastes little compute. Outputs are restored to the
+        dataset's order with `restore_order`."""
+        from ppmerge.data import length_sorted_batches, sequence_lengths
+
+        count = len(self.eval_indices(task))
+        return length_sorted_batches(sequence_lengths(self.dataset(task), count), self.batch_size)
+
     def _run(self, model, task, call, bar):
-        """Feed the task's eval batches through `call(model, input_ids, lengths)`; numpy outputs, labels."""
+        """Feed the task's eval batches through `call(model, input_ids, lengths)`; numpy outputs and
+        labels in the dataset's order."""
+        from ppmerge.data import collate_batch, restore_order
+
         paddle = _paddle()
         dataset = self.dataset(task)
+        indices = self.eval_indices(task)
+        plan = self.eval_batches(task)
         outputs, labels = [], []
         with paddle.no_grad():
-            for batch in self._batches(dataset, self.eval_indices(task), self.batch_size):
+            for positions in plan:
+                batch = collate_batch([dataset[int(i)] for i in indices[positions]])
                 out = call(model, paddle.to_tensor(batch["input_ids"]), paddle.to_tensor(batch["lengths"]))
                 outputs.append(out.numpy())
                 labels.append(batch["labels"])
                 bar.update(1)
-        return np.concatenate(outputs), np.concatenate(labels)
+        if not outputs:
+            raise ConfigError(f"TaskPool: {task} {self.split} has no examples to evaluate "
+                              f"(check TaskPool.max_examples and the data files)")
+        return restore_order(plan, np.concatenate(outputs)), restore_order(plan, np.concatenate(labels))
 
     def logits(self, task, backbone, head):
         """Logits of the task's eval examples (in order) and their labels."""
