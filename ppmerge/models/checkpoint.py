@@ -4,13 +4,14 @@ Formats by extension: `.pdparams` (a paddle.save pickle, read with an allow-list
 `safe_pickle`) and `.safetensors`. Writes are atomic. `load_pretrained` also understands FleetX's fused
 qkv, paddlenlp's and Hugging Face GPT-2's key layouts, and merged model files (`heads.<TASK>.…`)."""
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
 from ppmerge.errors import CheckpointError
 from ppmerge.fileio import atomic_path
 from ppmerge.models import fleetx, hf_gpt2
-from ppmerge.models.safe_pickle import bf16_as_uint16, read_pickle, to_numpy, write_pickle
+from ppmerge.models.safe_pickle import LazyArray, LazyPickle, bf16_as_uint16, read_pickle, to_numpy, write_pickle
 
 EXTENSIONS = (".pdparams", ".pdopt", ".safetensors")
 FOLDER_FILES = ("model.pdparams", "model_state.pdparams", "model.safetensors")
@@ -35,7 +36,7 @@ def _check_state_dict(obj, path):
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state dict (name → tensor), found {type(obj).__name__}")
     for key, value in obj.items():
-        if not isinstance(value, np.ndarray):
+        if not isinstance(value, (np.ndarray, LazyArray)):
             raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; "
                                   f"expected a state dict of tensors")
     return obj
@@ -51,6 +52,77 @@ def load_numpy_state_dict(path):
     if ext == ".safetensors":
         return _read_safetensors_numpy(path)
     return _check_state_dict(read_pickle(path), path)
+
+
+class LazyStateDict(Mapping):
+    """A state dict file opened for reading tensor by tensor: keys and shapes are known up front, each
+    value is read from disk when asked for and not kept (`sd[key]` reads it again; `pop` also forgets
+    the key). A streaming merge thus holds one tensor of the model at a time, not the whole model.
+    Use it in a `with` block (or `close()` it). Values are numpy arrays as `load_numpy_state_dict` gives."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        ext = _extension(self.path)
+        _check_exists(self.path)
+        if ext == ".safetensors":
+            self._open_safetensors()
+        else:
+            self._pickle = LazyPickle(self.path)
+            entries = _check_state_dict(self._pickle.obj, self.path)
+            self._read = lambda key: self._pickle.materialize(entries[key])
+            self.shapes = {key: tuple(value.shape) for key, value in entries.items()}
+            self._close = self._pickle.close
+
+    def _open_safetensors(self):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            handle = safe_open(self.path, framework="np").__enter__()
+            self.shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{self.path}: not a readable .safetensors file ({exc})") from None
+
+        def read(key):
+            try:
+                return bf16_as_uint16(handle.get_tensor(key))
+            except TypeError:  # bf16 without ml_dtypes: numpy cannot hold it; read the file whole (rare)
+                return load_numpy_state_dict(self.path)[key]
+
+        self._read = read
+        self._close = lambda: handle.__exit__(None, None, None)
+
+    def __getitem__(self, key):
+        if key not in self.shapes:
+            raise KeyError(key)
+        return self._read(key)
+
+    def __contains__(self, key):  # without reading the tensor (Mapping's default would)
+        return key in self.shapes
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def pop(self, key):
+        value = self[key]
+        del self.shapes[key]
+        return value
+
+    def close(self):
+        self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_state_dict(path):
+    """A `LazyStateDict` of a `.pdparams` or `.safetensors` file (read tensor by tensor)."""
+    return LazyStateDict(path)
 
 
 def _read_safetensors_numpy(path):
