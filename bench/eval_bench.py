@@ -1,16 +1,27 @@
-"""Evaluation benchmark: dynamic padding (the product's `collate_batch`, pad to the longest in the
-batch) against padding every batch to `max_length`, on a GLUE-like length distribution.
+"""Evaluation benchmark: the product's evaluation path (`TaskPool.evaluate`: load the backbone and
+head, length-sorted batches each padded to its own longest, outputs restored to dataset order, the
+task metric) against the same path padding every batch to `max_length`, on a GLUE-like length
+distribution.
 
     python bench/eval_bench.py [--quick]
 
-Sequences are random token ids whose lengths follow SST-2 / MNLI (GPT-2 BPE: mostly 10-40 tokens,
-a long tail up to max_length 128). Both arms run the same model and loop: forward on the true
-lengths, the task metric on the logits. Reports samples/s of each arm, the ratio (goal >= 2x), and
-both metric values, which must be identical (the model pools the last real token and attention is
-causal, so trailing padding cannot change a prediction)."""
+The data is a real SST-2 dev file (GLUE layout, read and tokenized by the product) whose sentences
+are built from single-token words, so their token lengths follow SST-2 / MNLI (GPT-2 BPE: mostly
+10-40 tokens, a long tail up to max_length 128). Three arms, the same pool, model and weights; only
+the batching differs:
+
+  dynamic          the product: length-sorted batches, each padded to its own longest
+  dataset_order    dynamic padding in dataset order (the evaluation before length sorting)
+  max_length_pad   dataset order, every batch padded to max_length (the baseline)
+
+Arms run round-robin, `--repeats` times each (the median is reported), so drift of this shared
+machine hits all of them alike. Reports samples/s, the ratio dynamic / pad-to-max (goal >= 2x) and
+proves the results identical: the metric values and every predicted class, in dataset order (the
+model pools the last real token and attention is causal, so trailing padding cannot change them)."""
 import argparse
+import os
 import sys
-import time
+import tempfile
 
 import numpy as np
 
@@ -18,7 +29,7 @@ import benchlib
 from ppmerge.cli import run_tool
 
 MAX_LENGTH = 128
-PAD_ID = 50256
+TASK = "SST2"
 
 
 def glue_like_lengths(n, rng, max_length=MAX_LENGTH):
@@ -30,38 +41,56 @@ def glue_like_lengths(n, rng, max_length=MAX_LENGTH):
     return np.clip(np.round(lengths), 3, max_length).astype(np.int64)
 
 
-def make_samples(n, vocab, seed):
-    """GLUEDataset-shaped items: {"input_ids": int64[L], "label": int}, no pad/eos id inside."""
+def single_token_words(tokenizer):
+    """Words of the generated suite's vocabulary that are one GPT-2 token after a space."""
+    from ppmerge.data import words
+
+    vocabulary = set(words.SUBJECTS + words.OBJECTS + words.ADJECTIVES + words.POSITIVE + words.NEGATIVE
+                     + words.PLACES_MATCHED + [v for pair in words.VERBS for v in pair])
+    return sorted(w for w in vocabulary if len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1)
+
+
+def write_sst2_dev(folder, n, tokenizer, seed):
+    """folder/SST-2/dev.tsv with n labelled sentences of GLUE-like token lengths."""
+    from ppmerge.fileio import atomic_open
+
     rng = np.random.default_rng(seed)
-    lengths = glue_like_lengths(n, rng)
-    return [{"input_ids": rng.integers(0, min(vocab, PAD_ID), size=int(L), dtype=np.int64),
-             "label": int(rng.integers(0, 2))} for L in lengths]
+    vocabulary = single_token_words(tokenizer)
+    root = os.path.join(folder, "SST-2")
+    os.makedirs(root, exist_ok=True)
+    with atomic_open(os.path.join(root, "dev.tsv"), "w", encoding="utf-8") as f:
+        f.write("sentence\tlabel\n")
+        for length in glue_like_lengths(n, rng):
+            f.write(" ".join(rng.choice(vocabulary, size=int(length))) + f"\t{int(rng.integers(0, 2))}\n")
+    return root
 
 
-def collate_to_max_length(samples, pad_id=PAD_ID, max_length=MAX_LENGTH):
-    """The baseline: the same batch as collate_batch, padded to max_length instead of the longest."""
-    ids = np.full((len(samples), max_length), pad_id, dtype=np.int64)
-    for i, s in enumerate(samples):
-        ids[i, :len(s["input_ids"])] = s["input_ids"]
-    return {"input_ids": ids,
-            "lengths": np.array([len(s["input_ids"]) for s in samples], dtype=np.int64),
-            "labels": np.array([s["label"] for s in samples], dtype=np.int64)}
+def bench_pool_class():
+    """TaskPool whose batching is switched by `.arm` (everything else is the product's own code)."""
+    from ppmerge.data import EOS_ID, collate_batch
+    from ppmerge.evaluation import TaskPool
+
+    class BenchPool(TaskPool):
+        arm = "dynamic"
+
+        def eval_batches(self, task):
+            if self.arm == "dynamic":
+                return super().eval_batches(task)
+            n = len(self.eval_indices(task))
+            return [np.arange(start, min(start + self.batch_size, n)) for start in range(0, n, self.batch_size)]
+
+        def collate(self, samples):
+            batch = collate_batch(samples)
+            if self.arm != "max_length_pad":
+                return batch
+            ids = np.full((len(samples), self.max_length), EOS_ID, dtype=np.int64)
+            ids[:, :batch["input_ids"].shape[1]] = batch["input_ids"]
+            return dict(batch, input_ids=ids)
+
+    return BenchPool
 
 
-def evaluate(model, samples, collate, batch_size, paddle, metric):
-    """One pass over the samples; returns (seconds, metric values, predicted classes)."""
-    metric.reset()
-    preds = []
-    start = time.perf_counter()
-    with paddle.no_grad():
-        for i in range(0, len(samples), batch_size):
-            batch = collate(samples[i:i + batch_size])
-            logits = model(paddle.to_tensor(batch["input_ids"]), paddle.to_tensor(batch["lengths"]))
-            logits = logits.numpy()
-            metric.update(logits, batch["labels"])
-            preds.append(logits.argmax(-1))
-    seconds = time.perf_counter() - start
-    return seconds, metric.accumulate(), np.concatenate(preds)
+ARMS = ("dynamic", "dataset_order", "max_length_pad")
 
 
 def main(argv=None):
@@ -79,51 +108,67 @@ def main(argv=None):
     from ppmerge.runtime import import_paddle
 
     paddle = import_paddle()
-    from ppmerge.data import collate_batch
-    from ppmerge.metrics import build_metric
+    from ppmerge.data import load_tokenizer
     from ppmerge.models import build_model
 
     info = benchlib.machine_info()
-    paddle.seed(0)
-    model_cfg = {"name": "gpt-tiny"}
+    model_cfg = {"name": "gpt-tiny", "max_position_embeddings": MAX_LENGTH}
     if args.hidden:
         model_cfg.update(hidden_size=args.hidden, num_layers=args.layers, num_attention_heads=4,
-                         ffn_hidden_size=4 * args.hidden, max_position_embeddings=MAX_LENGTH)
-    model = build_model(model_cfg, 2)
-    model.eval()
-    samples = make_samples(args.samples, 50257, seed=0)
-    lengths = np.array([len(s["input_ids"]) for s in samples])
-    metric = build_metric("Accuracy")
+                         ffn_hidden_size=4 * args.hidden)
+    paddle.seed(0)
+    weights = {k: v.numpy() for k, v in build_model(model_cfg, 2).state_dict().items()}
+    heads = {TASK: {"score.weight": weights.pop("score.weight")}}
+    backbone = weights
 
-    # Warm-up: one batch of each shape family, so kernel set-up is not charged to either arm.
-    evaluate(model, samples[:args.batch_size], collate_batch, args.batch_size, paddle, metric)
-    evaluate(model, samples[:args.batch_size], collate_to_max_length, args.batch_size, paddle, metric)
-    arms = {}
-    for name, collate in (("dynamic", collate_batch), ("max_length", collate_to_max_length)):
-        times = []
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = load_tokenizer()
+        root = write_sst2_dev(folder, args.samples, tokenizer, seed=0)
+        pool = bench_pool_class()(tasks=[TASK], model=model_cfg, roots={TASK: root}, split="dev",
+                                  batch_size=args.batch_size, max_length=MAX_LENGTH, progress=False)
+        dataset = pool.dataset(TASK)   # tokenized once, before any timing
+        lengths = np.array([len(x) for x in dataset.input_ids])
+        times = {arm: [] for arm in ARMS}
+        results, logits = {}, {}
+        for arm in ARMS:   # warm-up (skeleton built, kernels set up) and the predictions to compare
+            pool.arm = arm
+            logits[arm] = pool.logits(TASK, backbone, heads[TASK])[0]
+            pool.evaluate(backbone, heads)
         for _ in range(args.repeats):
-            seconds, values, preds = evaluate(model, samples, collate, args.batch_size, paddle, metric)
-            times.append(seconds)
-        s = benchlib.median(times)
-        arms[name] = {"seconds": s, "times": times, "samples_per_s": len(samples) / s, "metric": values,
-                      "preds": preds}
-    identical = bool(np.array_equal(arms["dynamic"]["preds"], arms["max_length"]["preds"])
-                     and arms["dynamic"]["metric"] == arms["max_length"]["metric"])
-    for arm in arms.values():
-        arm.pop("preds")
-    speedup = benchlib.ratio(arms["dynamic"]["samples_per_s"], arms["max_length"]["samples_per_s"])
-    result = {"bench": "eval", "samples": len(samples), "batch_size": args.batch_size, "repeats": args.repeats,
-              "model": model_cfg, "max_length": MAX_LENGTH,
+            for arm in ARMS:
+                pool.arm = arm
+                result = pool.evaluate(backbone, heads)[TASK]
+                times[arm].append(result.pop("seconds"))
+                results[arm] = result
+
+    arms = {}
+    for arm in ARMS:
+        seconds = benchlib.median(times[arm])
+        arms[arm] = {"seconds": seconds, "times": times[arm], "samples_per_s": len(lengths) / seconds,
+                     "metric": results[arm]}
+    preds = {arm: out.argmax(-1) for arm, out in logits.items()}
+    identical = all(np.array_equal(preds[arm], preds["max_length_pad"]) and results[arm] == results["max_length_pad"]
+                    for arm in ARMS)
+    max_logit_diff = max(float(np.abs(logits[arm] - logits["max_length_pad"]).max()) for arm in ARMS)
+    speedup = benchlib.ratio(arms["dynamic"]["samples_per_s"], arms["max_length_pad"]["samples_per_s"])
+    unsorted = benchlib.ratio(arms["dataset_order"]["samples_per_s"], arms["max_length_pad"]["samples_per_s"])
+    result = {"bench": "eval", "path": "TaskPool.evaluate", "task": TASK, "samples": len(lengths),
+              "batch_size": args.batch_size, "repeats": args.repeats, "model": model_cfg, "max_length": MAX_LENGTH,
               "lengths": {"mean": float(lengths.mean()), "median": float(np.median(lengths)),
                           "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max())},
-              "dynamic": arms["dynamic"], "max_length_pad": arms["max_length"], "speedup": speedup,
-              "goal": 2.0, "meets_goal": bool(speedup >= 2.0), "metrics_identical": identical, "machine": info}
-    lines = [f"eval_bench: {len(samples)} samples, batch {args.batch_size}, lengths mean {lengths.mean():.1f} "
-             f"/ p90 {np.percentile(lengths, 90):.0f} / max {lengths.max()}; load avg {info['loadavg_start'][0]}",
-             f"  dynamic padding   {arms['dynamic']['samples_per_s']:8.1f} samples/s  metric {arms['dynamic']['metric']}",
-             f"  pad to {MAX_LENGTH}        {arms['max_length']['samples_per_s']:8.1f} samples/s  metric "
-             f"{arms['max_length']['metric']}",
-             f"  speed-up {speedup:.2f}x (goal >= 2x); predictions and metrics identical: {identical}"]
+              "dynamic": arms["dynamic"], "dataset_order": arms["dataset_order"],
+              "max_length_pad": arms["max_length_pad"], "speedup": speedup, "speedup_dataset_order": unsorted,
+              "goal": 2.0, "meets_goal": bool(speedup >= 2.0), "metrics_identical": identical,
+              "max_abs_logit_diff": max_logit_diff, "machine": info}
+    lines = [f"eval_bench: TaskPool.evaluate on {len(lengths)} {TASK} examples, batch {args.batch_size}, token lengths "
+             f"mean {lengths.mean():.1f} / p90 {np.percentile(lengths, 90):.0f} / max {lengths.max()}; "
+             f"load avg {info['loadavg_start'][0]}"]
+    for arm, label in (("dynamic", "length-sorted dynamic"), ("dataset_order", "dynamic, dataset order"),
+                       ("max_length_pad", f"pad to {MAX_LENGTH}")):
+        lines.append(f"  {label:24s} {arms[arm]['samples_per_s']:8.1f} samples/s  accuracy "
+                     f"{arms[arm]['metric']['accuracy']:.6f}")
+    lines.append(f"  speed-up {speedup:.2f}x (goal >= 2x; dataset order {unsorted:.2f}x); predictions and metrics "
+                 f"identical: {identical} (max |logit diff| {max_logit_diff:.1e})")
     benchlib.emit(result, lines)
     return 0
 

@@ -61,13 +61,17 @@ def test_merge_bench_quick():
 
 def test_eval_bench_quick():
     r = run_bench("eval_bench.py")
-    assert r["bench"] == "eval"
-    for arm in ("dynamic", "max_length_pad"):
+    assert r["bench"] == "eval" and r["path"] == "TaskPool.evaluate"
+    for arm in ("dynamic", "dataset_order", "max_length_pad"):
         assert positive(r[arm]["seconds"]) and positive(r[arm]["samples_per_s"])
+        assert r[arm]["metric"]["num_examples"] == r["samples"] == 64
     assert r["speedup"] == pytest.approx(r["dynamic"]["samples_per_s"] / r["max_length_pad"]["samples_per_s"])
-    # the proof the benchmark exists for: padding changes the speed, never the result
+    assert r["speedup_dataset_order"] == pytest.approx(
+        r["dataset_order"]["samples_per_s"] / r["max_length_pad"]["samples_per_s"])
+    # the proof the benchmark exists for: padding and batch order change the speed, never the result
     assert r["metrics_identical"] is True
-    assert r["dynamic"]["metric"] == r["max_length_pad"]["metric"]
+    assert r["dynamic"]["metric"] == r["max_length_pad"]["metric"] == r["dataset_order"]["metric"]
+    assert 0.0 <= r["max_abs_logit_diff"] < 1e-4
     assert 0.0 <= r["dynamic"]["metric"]["accuracy"] <= 1.0
     assert 3 <= r["lengths"]["median"] <= r["lengths"]["max"] <= r["max_length"]
 

@@ -110,11 +110,16 @@ class TaskPool:
                                               self.tokenizer(), max_length=self.max_length)
         return self._datasets[key]
 
-    def _batches(self, dataset, indices, batch_size):
+    def collate(self, samples):
+        """One batch of dataset items -> numpy dict, padded to the batch's longest (`collate_batch`;
+        the evaluation benchmark overrides it to measure padding to max_length)."""
         from ppmerge.data import collate_batch
 
+        return collate_batch(samples)
+
+    def _batches(self, dataset, indices, batch_size):
         for start in range(0, len(indices), batch_size):
-            yield collate_batch([dataset[int(i)] for i in indices[start:start + batch_size]])
+            yield self.collate([dataset[int(i)] for i in indices[start:start + batch_size]])
 
     def eval_indices(self, task):
         n = len(self.dataset(task))
@@ -238,7 +243,7 @@ class TaskPool:
     def _run(self, model, task, call, bar):
         """Feed the task's eval batches through `call(model, input_ids, lengths)`; numpy outputs and
         labels in the dataset's order."""
-        from ppmerge.data import collate_batch, restore_order
+        from ppmerge.data import restore_order
 
         paddle = _paddle()
         dataset = self.dataset(task)
@@ -247,7 +252,7 @@ class TaskPool:
         outputs, labels = [], []
         with paddle.no_grad():
             for positions in plan:
-                batch = collate_batch([dataset[int(i)] for i in indices[positions]])
+                batch = self.collate([dataset[int(i)] for i in indices[positions]])
                 out = call(model, paddle.to_tensor(batch["input_ids"]), paddle.to_tensor(batch["lengths"]))
                 outputs.append(out.numpy())
                 labels.append(batch["labels"])
