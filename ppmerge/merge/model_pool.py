@@ -6,11 +6,13 @@ a UserError says which model and key -- raised before the runner writes anything
 
 Two ways to get the fine-tuned backbones:
   - `backbones()`: all of them in memory at once (cached: a sweep loads each file once);
-  - `stream()`: one at a time, never cached (the linear methods then hold ~2 models at most).
+  - `stream()`: one at a time, never cached, and each read tensor by tensor from its file (a
+    `StreamedBackbone`): a linear merge then holds the base (its accumulator) and one tensor.
 Both fill `heads` as a side effect. Arrays are numpy; the merge methods move them to the device.
 """
 import os
 import re
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -27,23 +29,37 @@ def _load(path, what):
     return load_numpy_state_dict(path)
 
 
+def _all_finite(value):
+    # A sum is NaN / Inf when an entry is, and needs no temporary (isfinite(value) is a bool array the
+    # size of the tensor); only a non-finite sum (maybe a mere overflow) is checked entry by entry.
+    total = value.sum(dtype=np.promote_types(value.dtype, np.float32))
+    return bool(np.isfinite(total)) or bool(np.isfinite(value).all())
+
+
 def _check_finite(state_dict, name, path):
     for key, value in state_dict.items():
         value = np.asarray(value)
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+        if np.issubdtype(value.dtype, np.floating) and not _all_finite(value):
             bad = "NaN" if np.isnan(value).any() else "Inf"
             raise CheckpointError(f"model {name} ({path}): key {key!r} contains {bad} values")
+
+
+def _shapes(backbone):
+    """key -> shape, without reading a streamed backbone's tensors."""
+    if isinstance(backbone, StreamedBackbone):
+        return dict(backbone.shapes)
+    return {key: tuple(np.shape(value)) for key, value in backbone.items()}
 
 
 def compare_backbones(reference, other, ref_name, other_name, limit=3):
     """A one-line description of the first key / shape differences of two backbones, or ''."""
     problems = []
+    reference, other = _shapes(reference), _shapes(other)
     for key in reference:
         if key not in other:
             problems.append(f"{key}: in {ref_name} but missing from {other_name}")
-        elif tuple(reference[key].shape) != tuple(other[key].shape):
-            problems.append(f"{key}: {ref_name} {list(reference[key].shape)} vs "
-                            f"{other_name} {list(other[key].shape)}")
+        elif reference[key] != other[key]:
+            problems.append(f"{key}: {ref_name} {list(reference[key])} vs {other_name} {list(other[key])}")
     for key in other:
         if key not in reference:
             problems.append(f"{key}: in {other_name} but missing from {ref_name}")
@@ -51,6 +67,40 @@ def compare_backbones(reference, other, ref_name, other_name, limit=3):
         return ""
     more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
     return "; ".join(problems[:limit]) + more
+
+
+class StreamedBackbone(Mapping):
+    """A fine-tuned model's backbone read tensor by tensor from its open file (a `LazyStateDict`):
+    `bb[key]` reads the tensor (and checks it for NaN / Inf), nothing is kept; `pop(key)` also drops
+    the key, `clear()` all of them (what a consuming merge calls)."""
+
+    def __init__(self, lazy, keys, name):
+        self.lazy, self.name = lazy, name
+        self.shapes = {key: lazy.shapes[key] for key in keys}
+
+    def __getitem__(self, key):
+        if key not in self.shapes:
+            raise KeyError(key)
+        value = self.lazy[key]
+        _check_finite({key: value}, self.name, self.lazy.path)
+        return value
+
+    def __contains__(self, key):
+        return key in self.shapes
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def pop(self, key):
+        value = self[key]
+        del self.shapes[key]
+        return value
+
+    def clear(self):
+        self.shapes.clear()
 
 
 class ModelPool:
@@ -114,6 +164,10 @@ class ModelPool:
         state_dict = _load(path, f"models.{task}")
         _check_finite(state_dict, task, path)
         backbone, head = self.split(state_dict)
+        return self._checked(task, backbone, head)
+
+    def _checked(self, task, backbone, head):
+        path = self.paths[task]
         if not head:
             raise CheckpointError(f"model {task} ({path}): no head keys match ModelPool.head_keys "
                                   f"{self.head_pattern.pattern!r}")
@@ -123,6 +177,14 @@ class ModelPool:
         self.heads[task] = head
         return backbone
 
+    def _open(self, task, lazy):
+        """A StreamedBackbone of an opened model file; its head is read (small) and checked now."""
+        head_keys = [key for key in lazy if self.head_pattern.search(key)]
+        head = {key: lazy[key] for key in head_keys}
+        _check_finite(head, task, self.paths[task])
+        backbone = StreamedBackbone(lazy, [key for key in lazy if key not in head], task)
+        return self._checked(task, backbone, head)
+
     def backbones(self):
         """{task: backbone} of every fine-tuned model, loaded once and kept."""
         if self._backbones is None:
@@ -130,12 +192,20 @@ class ModelPool:
         return self._backbones
 
     def stream(self):
-        """Yield (task, backbone) one model at a time, without keeping them."""
+        """Yield (task, backbone) one model at a time, without keeping them: each backbone is a
+        StreamedBackbone whose tensors are read from the file when asked for (the file is open
+        until the next model is asked for). NaN / Inf are found as the tensors are read."""
         if self._backbones is not None:
             yield from self._backbones.items()
             return
+        from ppmerge.models.checkpoint import open_state_dict
+
         for task in self.tasks:
-            yield task, self.load(task)
+            path = self.paths[task]
+            if not os.path.exists(path):
+                raise CheckpointError(f"ModelPool.models.{task}: model file {path!r} does not exist")
+            with open_state_dict(path) as lazy:
+                yield task, self._open(task, lazy)
 
     def load_heads(self):
         """Every task's head (loads each model once if the heads are not known yet)."""

@@ -66,6 +66,7 @@ class _SizedStream:
     def __iter__(self):
         for _, backbone in self.pool.stream():
             yield backbone
+            del backbone  # not alive while the next model is opened
             self.bar.update(1)
 
 
@@ -83,8 +84,9 @@ class _Merger:
     def __call__(self, params, desc):
         pool = self.pool
         if self.stream:
-            # One fine-tuned model in memory at a time; with consume, accumulated into the base's own
-            # buffers: peak ~2 x one model (the base is spent afterwards), else ~3 x.
+            # The fine-tuned models are read tensor by tensor (pool.stream); with consume, the sum is
+            # accumulated into the base's own buffers: peak ~1 x one model + one tensor (the base is
+            # spent afterwards), else ~2 x (base + accumulator).
             with tqdm(total=len(pool.tasks), desc=desc, unit="model", file=sys.stderr, leave=False,
                       disable=not self.progress, dynamic_ncols=True) as bar:
                 base = pool.base

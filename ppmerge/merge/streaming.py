@@ -9,6 +9,10 @@ dict then holds the merged values, and every model dict is left empty. The itera
 With a data-free sparsifier (dare / random masks, which do not look at τ) the model θ_i stands for
 θ₀ + τ̂_i = θ₀ + s·m_i ⊙ (θ_i − θ₀), so per entry c₀ becomes c₀ + Σ c_i·(1 − s·m_i) and c_i becomes
 c_i·s·m_i; the masks are drawn again from their seeds, which is why the base can be scaled up front.
+
+The arithmetic runs on blocks of rows (≤ BLOCK_BYTES each), in place in the accumulator: a whole-
+tensor `acc + θ_i·c` would make two temporaries the size of the largest tensor (the embedding,
+0.15× a GPT-2-medium model each; paddle's allocator keeps them), measured in the streamed merges' peak.
 """
 import numpy as np
 
@@ -25,6 +29,35 @@ def _float32_buffer(base, key, consume):
     if consume:
         base[key] = buffer  # the caller's tensor can go now
     return buffer
+
+
+BLOCK_BYTES = 8 << 20
+
+
+def _row_blocks(array):
+    """Slices of the first axis, each ≤ BLOCK_BYTES (one slice for small or 0-d arrays)."""
+    if array.ndim == 0 or array.nbytes <= BLOCK_BYTES:
+        return [...]
+    rows = array.shape[0]
+    step = max(1, BLOCK_BYTES * rows // array.nbytes)
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _block(coef, rows):
+    """The part of a coefficient (a scalar or a per-entry paddle tensor / array) for a block of rows."""
+    return coef if np.isscalar(coef) or getattr(coef, "ndim", 0) == 0 or rows is Ellipsis else coef[rows]
+
+
+def _scale_in_place(buffer, coef):
+    """buffer *= coef (on the compute device), block by block."""
+    for rows in _row_blocks(buffer):
+        buffer[rows] = to_host(to_device(buffer[rows]) * _block(coef, rows))
+
+
+def _add_in_place(accumulator, value, coef):
+    """accumulator += value·coef (on the compute device), block by block."""
+    for rows in _row_blocks(accumulator):
+        accumulator[rows] = to_host(to_device(accumulator[rows]) + to_device(value[rows]) * _block(coef, rows))
 
 
 def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=False):
@@ -46,7 +79,7 @@ def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=F
         coef = base_coef
         if sparsifier is not None:
             coef = base_coef + sum(c * (1.0 - sparsifier.keep_scale(i, key, buffer.shape)) for i, c in enumerate(model_coefs))
-        buffer[...] = to_host(to_device(buffer) * coef)
+        _scale_in_place(buffer, coef)
         accumulator[key] = buffer
 
     iterator, seen = iter(models), 0
@@ -57,8 +90,8 @@ def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=F
         for key in keys:
             value = model.pop(key) if consume else model[key]
             coef = model_coefs[i] if sparsifier is None else model_coefs[i] * sparsifier.keep_scale(i, key, value.shape)
-            accumulator[key][...] = to_host(to_device(accumulator[key]) + to_device(value) * coef)
-            del value
+            _add_in_place(accumulator[key], value, coef)
+            del value, coef
         if consume:
             model.clear()
         model = None
