@@ -304,3 +304,143 @@ def test_importing_models_does_not_import_paddle():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     result = run_convert("--help")
     assert result.returncode == 0 and "--num-heads" in result.stdout and "head-interleaved" in result.stdout
+
+
+# ----------------------------------------------------------------------------- memory: lazy reading, copy-free saving
+
+def _big_state(seed=0):
+    """Arrays above the lazy reader's 64 KiB threshold (C and Fortran order, several dtypes) and small ones."""
+    rng = np.random.default_rng(seed)
+    return {"emb": rng.standard_normal((300, 64), dtype=np.float32),
+            "fortran": np.asfortranarray(rng.standard_normal((40, 300))),
+            "half": rng.standard_normal(40000).astype(np.float16),
+            "ids": np.arange(20000, dtype=np.int64),
+            "small": np.ones(3, np.float32)}
+
+
+def _writers(paddle):
+    def ours(state, path):
+        save_state_dict(state, path)
+
+    def paddle_save(protocol):
+        return lambda state, path: paddle.save({k: paddle.to_tensor(v) for k, v in state.items()}, str(path),
+                                               protocol=protocol)
+
+    def plain_pickle(state, path):  # protocol 4, as older ppmerge versions wrote
+        with open(path, "wb") as f:
+            pickle.dump(state, f, protocol=4)
+
+    return {"ours": ours, "paddle_p4": paddle_save(4), "paddle_p2": paddle_save(2), "pickle_p4": plain_pickle}
+
+
+@pytest.mark.parametrize("writer", ["ours", "paddle_p4", "paddle_p2", "pickle_p4"])
+def test_lazy_reader_equals_paddle_load(paddle, tmp_path, writer):
+    """open_state_dict reads every array as paddle.load does (the independent reference), one at a time."""
+    from ppmerge.models.checkpoint import open_state_dict
+    from ppmerge.models.safe_pickle import LazyArray, LazyPickle
+
+    state = _big_state()
+    path = tmp_path / f"{writer}.pdparams"
+    _writers(paddle)[writer](state, path)
+    reference = {k: v.numpy() for k, v in paddle.load(str(path)).items()}
+    eager = load_numpy_state_dict(path)
+    with open_state_dict(path) as lazy:
+        assert sorted(lazy) == sorted(reference) == sorted(eager) and len(lazy) == len(reference)
+        assert {k: lazy.shapes[k] for k in reference} == {k: v.shape for k, v in reference.items()}
+        for key, want in reference.items():
+            got = lazy[key]
+            assert got.dtype == want.dtype and got.flags.writeable, key
+            np.testing.assert_array_equal(got, want, err_msg=key)
+            np.testing.assert_array_equal(eager[key], want, err_msg=key)
+        assert lazy.pop("emb").shape == (300, 64) and "emb" not in lazy and len(lazy) == len(reference) - 1
+    with LazyPickle(path) as opened:  # the big arrays really were left on disk (not protocol 2: no raw bytes)
+        lazy_keys = {k for k, v in opened.obj.items() if isinstance(v, LazyArray)}
+    assert lazy_keys == (set() if writer == "paddle_p2" else {"emb", "fortran", "half", "ids"})
+
+
+def test_lazy_safetensors(tmp_path):
+    from ppmerge.models.checkpoint import open_state_dict
+
+    state = _big_state()
+    save_state_dict(state, tmp_path / "m.safetensors")
+    with open_state_dict(tmp_path / "m.safetensors") as lazy:
+        assert lazy.shapes == {k: v.shape for k, v in state.items()}
+        for key, want in state.items():
+            np.testing.assert_array_equal(lazy[key], want, err_msg=key)
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.exec", "subprocess.call"])
+def test_lazy_reader_refuses_malicious_pickle(tmp_path, kind):
+    """Same allow-list as the eager reader, also behind a big array whose bytes the lazy reader skips."""
+    from ppmerge.models.checkpoint import open_state_dict
+
+    marker = tmp_path / "pwned"
+    func, args = _payloads(marker)[kind]
+    path = tmp_path / "evil.pdparams"
+    with open(path, "wb") as f:
+        pickle.dump({"w": np.ones(100000, np.float32), "x": _Payload(func, args)}, f, protocol=5)
+    with pytest.raises(CheckpointError, match=str(path)) as err:
+        open_state_dict(path)
+    assert f"`{func.__module__}.{func.__name__}`" in str(err.value)
+    assert not marker.exists()
+
+
+def test_lazy_reader_errors(tmp_path):
+    from ppmerge.models.checkpoint import open_state_dict
+
+    save_state_dict(_big_state(), tmp_path / "m.pdparams")
+    data = (tmp_path / "m.pdparams").read_bytes()
+    (tmp_path / "cut.pdparams").write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pdparams"):
+        open_state_dict(tmp_path / "cut.pdparams")
+    (tmp_path / "junk.pdparams").write_bytes(b"not a pickle at all")
+    with pytest.raises(CheckpointError, match="junk.pdparams"):
+        open_state_dict(tmp_path / "junk.pdparams")
+    with pytest.raises(CheckpointError, match="not found: .*nothere.pdparams"):
+        open_state_dict(tmp_path / "nothere.pdparams")
+    with open(tmp_path / "list.pdparams", "wb") as f:
+        pickle.dump([np.ones(2)], f, protocol=5)
+    with pytest.raises(CheckpointError, match="list.pdparams: expected a state dict"):
+        open_state_dict(tmp_path / "list.pdparams")
+
+
+def _traced_peak(fn):
+    """Peak bytes allocated (numpy buffers and Python objects both show in tracemalloc) while fn runs."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_save_makes_no_second_copy(tmp_path):
+    """Saving 32 MB: the old protocol-4 write (control) holds a full copy at its peak; ours holds none."""
+    state = {f"w{i}": np.full((1024, 1024), i, np.float32) for i in range(8)}
+    size = sum(v.nbytes for v in state.values())
+
+    def protocol4():
+        with open(tmp_path / "p4.pdparams", "wb") as f:
+            pickle.dump(state, f, protocol=4)
+
+    assert _traced_peak(protocol4) > 0.9 * size  # the control: every tobytes() copy kept by the memo
+    assert _traced_peak(lambda: save_state_dict(state, tmp_path / "ours.pdparams")) < 0.05 * size
+    loaded = load_numpy_state_dict(tmp_path / "ours.pdparams")
+    assert all(loaded[k].flags.writeable and np.array_equal(loaded[k], v) for k, v in state.items())
+
+
+def test_lazy_reading_holds_one_array(tmp_path):
+    state = {f"w{i}": np.full((1024, 1024), i, np.float32) for i in range(8)}
+    save_state_dict(state, tmp_path / "m.pdparams")
+    from ppmerge.models.checkpoint import open_state_dict
+
+    def read_each():
+        with open_state_dict(tmp_path / "m.pdparams") as lazy:
+            for key in list(lazy):
+                assert lazy.pop(key)[0, 0] == int(key[1:])
+
+    assert _traced_peak(read_each) < 1.5 * state["w0"].nbytes  # one 4 MB array at a time, not 32 MB
+    assert _traced_peak(lambda: load_numpy_state_dict(tmp_path / "m.pdparams")) > 0.9 * 8 * state["w0"].nbytes
