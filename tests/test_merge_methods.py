@@ -294,3 +294,33 @@ def test_parameter_validation():
     base, models = make_pool(n=3)
     with pytest.raises(ConfigError, match=r"Merge\.scaling_factor: expected one factor per model \(3\)"):
         METHODS["task_arithmetic"](base, models, scaling_factor=[0.1, 0.2])
+
+
+@pytest.mark.parametrize("scope", ["global", "tensor"])
+def test_ties_cpu_slices_and_chunks_match_formula_and_paddle_path(scope, monkeypatch):
+    """The numpy CPU path cut into small row slices and chunks (and the sampled threshold selection,
+    d > 65536) against the FusionBench formula and against the paddle path used on other devices."""
+    from ppmerge.merge import sparsify
+    from ppmerge.merge.methods import ties_merging as ties
+
+    monkeypatch.setattr(sparsify, "CHUNK", 512)
+    monkeypatch.setattr(ties, "CHUNK", 512)
+    monkeypatch.setattr(ties, "SLICE", 3000)
+    shapes = {"emb": (700, 100), "w": (33, 45), "b": (7,)}
+    rng = np.random.default_rng(11)
+    base = {k: (rng.integers(-8, 8, size=s) / 4).astype(np.float32) for k, s in shapes.items()}
+    models = [{k: base[k] + rng.integers(-3, 4, size=s).astype(np.float32) for k, s in shapes.items()}
+              for _ in range(4)]
+    for merge_func in ("sum", "mean", "max"):
+        params = dict(threshold=30, merge_func=merge_func, scaling_factor=0.7, topk_scope=scope)
+        got = METHODS["ties_merging"](base, models, **params)
+        assert_close(got, ties_reference(base, models, 30, merge_func, 0.7, scope))
+        with monkeypatch.context() as m:
+            m.setattr(ties, "on_host", lambda: False)
+            on_device = METHODS["ties_merging"](base, models, **params)
+        assert_close(got, on_device, atol=1e-6)
+    dare = dict(threshold=40, merge_func="mean", topk_scope=scope, sparsity_ratio=0.3, seed=5)
+    got = METHODS["dare_ties_merging"](base, models, **dare)
+    with monkeypatch.context() as m:
+        m.setattr(ties, "on_host", lambda: False)
+        assert_close(got, METHODS["dare_ties_merging"](base, models, **dare), atol=1e-6)

@@ -159,3 +159,32 @@ def test_kth_smallest_bracket_is_exact_on_large_arrays():
         ordered = np.sort(v)
         for k in (1, 1000, v.size // 2, v.size - int(v.size * 0.2), v.size):
             assert kth_smallest(v.copy(), k) == ordered[k - 1]
+
+
+def test_kth_smallest_magnitude_over_parts_is_exact(monkeypatch):
+    """The chunked selection over task-vector parts (θ − θ₀, DARE-masked, scaled) equals a sort of the
+    concatenated |τ̂|, also with heavy ties and when the sample's bracket misses (full-partition fallback)."""
+    from ppmerge.merge import sparsify
+    from ppmerge.merge.sparsify import TaskVectorPart, kth_smallest_magnitude, magnitude_threshold
+
+    monkeypatch.setattr(sparsify, "CHUNK", 1000)  # many chunks, a partial last one
+    rng = np.random.default_rng(10)
+    sizes = [70_001, 5, 40_000]
+    for integer in (False, True):
+        draw = (lambda n: rng.integers(-3, 4, n).astype(np.float32)) if integer else \
+            (lambda n: rng.standard_normal(n).astype(np.float32))
+        xs, bs = [draw(n) for n in sizes], [draw(n) for n in sizes]
+        keeps = [rng.random(n) >= 0.3 for n in sizes]
+        parts = [TaskVectorPart(x, b, keep, 1 / 0.7) for x, b, keep in zip(xs, bs, keeps)]
+        expected = np.sort(np.abs(np.concatenate([(x - b) * keep * np.float32(1 / 0.7)
+                                                  for x, b, keep in zip(xs, bs, keeps)])))
+        d = expected.size
+        for k in (1, 777, d // 2, d - int(d * 0.2), d):
+            assert kth_smallest_magnitude(parts, k) == expected[k - 1]
+        q = 0.2
+        assert magnitude_threshold(parts, q) == expected[d - int(d * q) - 1]
+        assert magnitude_threshold(parts, 0.0) == float("inf") and magnitude_threshold(parts, 1.0) == float("-inf")
+        with monkeypatch.context() as m:  # a bracket that misses: the exact fallback answers
+            m.setattr(sparsify, "_bracket_of", lambda sample, k, d: (np.float32(1e9), np.float32(2e9)))
+            assert kth_smallest_magnitude(parts, d // 3) == expected[d // 3 - 1]
+        assert all(np.array_equal(x, x0) for x, x0 in zip(xs, [p.x for p in parts]))  # inputs untouched

@@ -114,15 +114,118 @@ def kth_smallest(values, k, samples=65536):
     if d <= 4 * samples:
         return values[np.argpartition(values, k - 1)[k - 1]]
     sample = np.sort(values[np.random.default_rng(0).integers(0, d, samples)])
-    q = k / d
-    margin = 5.0 * np.sqrt(q * (1.0 - q) / samples) + 2.0 / samples
-    lo = sample[max(int((q - margin) * samples), 0)]
-    hi = sample[min(int((q + margin) * samples), samples - 1)]
+    lo, hi = _bracket(sample, k, d)
     below = int(np.count_nonzero(values < lo))
     band = values[(values >= lo) & (values <= hi)]
     if below < k <= below + band.size:
         return np.partition(band, k - below - 1)[k - below - 1]
     return np.partition(values, k - 1)[k - 1]
+
+
+def _bracket(sorted_sample, k, d):
+    """[lo, hi] from a sorted uniform sample that holds the k-th smallest of d values unless the
+    sample is off by more than 5 standard deviations of the quantile (then the caller falls back)."""
+    samples = sorted_sample.size
+    q = k / d
+    margin = 5.0 * np.sqrt(q * (1.0 - q) / samples) + 2.0 / samples
+    lo = sorted_sample[max(int((q - margin) * samples), 0)]
+    hi = sorted_sample[min(int((q + margin) * samples), samples - 1)]
+    return lo, hi
+
+
+def _bracket_of(sample, k, d):
+    """_bracket without sorting the whole sample: only its two order statistics are selected."""
+    samples = sample.size
+    q = k / d
+    margin = 5.0 * np.sqrt(q * (1.0 - q) / samples) + 2.0 / samples
+    ranks = [max(int((q - margin) * samples), 0), min(int((q + margin) * samples), samples - 1)]
+    lo, hi = np.partition(sample, ranks)[ranks]
+    return lo, hi
+
+
+CHUNK = 1 << 15  # entries per step of the chunked numpy loops: the temporaries stay in the L2 cache
+
+
+class TaskVectorPart:
+    """One flat slice of a task vector, τ̂ = (x − b)·keep·scale, read chunk by chunk and never stored
+    whole (the numpy CPU path of TIES). `b` None: x is τ itself; `keep` None: nothing dropped."""
+
+    def __init__(self, x, b=None, keep=None, scale=1.0):
+        self.x, self.b, self.keep, self.scale = x, b, keep, float(scale)
+        self.size = x.size
+
+    def take(self, index):
+        """τ̂ at the flat positions `index` (a sample)."""
+        value = np.array(self.x[index], dtype=np.float32) if self.b is None else self.x[index] - self.b[index]
+        return self._mask(value, index)
+
+    def _mask(self, value, index=slice(None)):
+        if self.keep is not None:
+            np.multiply(value, self.keep[index], out=value)
+        if self.scale != 1.0:
+            value *= np.float32(self.scale)
+        return value
+
+    def chunk(self, start, stop, out):
+        """τ̂[start:stop] written into out[:stop - start] (a float32 buffer); returns that view."""
+        view = out[:stop - start]
+        if self.b is None:
+            view[...] = self.x[start:stop]
+        else:
+            np.subtract(self.x[start:stop], self.b[start:stop], out=view)
+        if self.keep is not None:
+            np.multiply(view, self.keep[start:stop], out=view)
+        if self.scale != 1.0:
+            view *= np.float32(self.scale)
+        return view
+
+    def chunks(self, out):
+        for start in range(0, self.size, CHUNK):
+            yield start, self.chunk(start, min(start + CHUNK, self.size), out)
+
+
+def kth_smallest_magnitude(parts, k, samples=1 << 18):
+    """The exact k-th smallest (1-based) |τ̂| over all entries of `parts` (TaskVectorParts), without
+    concatenating them or storing |τ̂|: a random sample (each part in proportion to its size) brackets
+    the rank, one chunked pass counts the entries below the bracket and keeps those inside it (≈1% of
+    them), and only those are partitioned. If the sample misses (> 5σ off), the exact answer comes from
+    a full partition."""
+    d = sum(part.size for part in parts)
+    if d <= 1 << 16:
+        values = np.abs(np.concatenate([part.take(slice(None)).ravel() for part in parts]))
+        return np.partition(values, k - 1)[k - 1]
+    rng = np.random.default_rng(0)
+    per_entry = min(samples, max(d >> 6, 4096)) / d
+    sample = np.concatenate([np.abs(part.take(rng.integers(0, part.size, int(np.ceil(part.size * per_entry)))))
+                             for part in parts])
+    lo, hi = _bracket_of(sample, k, d)
+    buffer = np.empty(CHUNK, dtype=np.float32)
+    below_mask, band_mask = np.empty(CHUNK, dtype=bool), np.empty(CHUNK, dtype=bool)
+    below, band = 0, []
+    for part in parts:
+        for _, tau in part.chunks(buffer):
+            n = tau.size
+            magnitude = np.abs(tau, out=tau)
+            np.less(magnitude, lo, out=below_mask[:n])
+            below += int(np.count_nonzero(below_mask[:n]))
+            np.less_equal(magnitude, hi, out=band_mask[:n])
+            np.logical_xor(band_mask[:n], below_mask[:n], out=band_mask[:n])  # lo <= |τ| <= hi
+            band.append(magnitude[band_mask[:n]])
+    band = np.concatenate(band)
+    if below < k <= below + band.size:
+        return np.partition(band, k - below - 1)[k - below - 1]
+    del band
+    values = np.abs(np.concatenate([part.take(slice(None)).ravel() for part in parts]))
+    return np.partition(values, k - 1)[k - 1]
+
+
+def magnitude_threshold(parts, density):
+    """TIES's trim threshold over `parts` (FusionBench's rule: keep |τ| ≥ the k-th smallest |τ|, see
+    kth_smallest_rank); −inf keeps everything, +inf nothing."""
+    if density <= 0:
+        return float("inf")
+    k = kth_smallest_rank(sum(part.size for part in parts), density)
+    return float("-inf") if k is None else float(kth_smallest_magnitude(parts, k))
 
 
 def magnitude_mask(magnitude, density):
@@ -140,17 +243,7 @@ def magnitude_mask(magnitude, density):
 def global_threshold(magnitudes, sizes, density):
     """The k-th smallest |τ| over all tensors of one model (numpy on the host, no concatenation on the
     device). `magnitudes` yields |τ| per tensor; returns −inf (keep all) or +inf (keep none) at the extremes."""
-    total = sum(sizes)
-    if density <= 0:
-        return float("inf")
-    k = kth_smallest_rank(total, density)
-    if k is None:
-        return float("-inf")
-    flat, at = np.empty(total, dtype=np.float32), 0
-    for magnitude, size in zip(magnitudes, sizes):
-        flat[at:at + size] = to_host(magnitude).ravel()
-        at += size
-    return float(kth_smallest(flat, k))
+    return magnitude_threshold([TaskVectorPart(to_host(m).ravel()) for m in magnitudes], density)
 
 
 def nm_mask(magnitude, n, m):
@@ -168,10 +261,15 @@ def nm_mask(magnitude, n, m):
     return (mask.reshape([rows.shape[0], -1])[:, :last] > 0).reshape(shape)
 
 
-def random_keep(shape, ratio, seed, model_index, key):
-    """DARE's Bernoulli(1 − ratio) keep mask for one model and tensor, reproducible from the seed."""
+def random_keep_host(shape, ratio, seed, model_index, key):
+    """DARE's Bernoulli(1 − ratio) keep mask for one model and tensor (numpy bool), reproducible from the seed."""
     rng = np.random.default_rng([seed, model_index, zlib.crc32(key.encode("utf-8"))])
-    return paddle().to_tensor(rng.random(tuple(shape), dtype=np.float32) >= ratio)
+    return rng.random(tuple(shape), dtype=np.float32) >= ratio
+
+
+def random_keep(shape, ratio, seed, model_index, key):
+    """random_keep_host as a paddle bool tensor on the current device."""
+    return paddle().to_tensor(random_keep_host(shape, ratio, seed, model_index, key))
 
 
 class Sparsifier:

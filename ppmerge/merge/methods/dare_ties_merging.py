@@ -4,15 +4,14 @@ DARE drops each task-vector entry with probability p and rescales the kept ones 
 come from `seed`, per model and tensor (ppmerge.merge.sparsify.random_keep), as in FusionBench.
 """
 from ppmerge.merge.method_params import DARE_PARAMS, dare_spec
-from ppmerge.merge.methods.ties_merging import TIES_PARAMS, ties_merge
+from ppmerge.merge.methods.ties_merging import TIES_PARAMS, run_ties
 from ppmerge.merge.registry import register
-from ppmerge.merge.task_vector import task_vector_source
 
 
 def dare_ties_merging(base, models, threshold=20.0, merge_func="sum", scaling_factor=0.3, topk_scope="global",
                       sparsity_ratio=0.5, rescale=True, seed=0):
-    source = task_vector_source(base, models, dare_spec(sparsity_ratio, rescale, seed))
-    return ties_merge(base, models, threshold, merge_func, scaling_factor, topk_scope, source)
+    return run_ties(base, models, threshold, merge_func, scaling_factor, topk_scope,
+                    dare_spec(sparsity_ratio, rescale, seed))
 
 
 register("dare_ties_merging", params={**TIES_PARAMS, **DARE_PARAMS}, doc="TIES on DARE(τ_i)")(dare_ties_merging)

@@ -6,15 +6,194 @@ ppmerge.merge.sparsify.magnitude_mask for the exact rank rule), over the whole t
 that sum is 0 it is the majority sign, sign(Σ of the elected signs) over the same scope. Only entries
 whose sign agrees with the elected one (and are non-zero) are merged: `sum`, `mean` (÷ their count, 0
 where none), or `max` (the largest agreeing |τ̂| with the elected sign).
+
+How it is computed on CPU (numpy; other devices run the same math in paddle, key by key): the trim
+thresholds are found exactly without storing any |τ| (sparsify.magnitude_threshold), then each tensor
+is merged in slices of rows, and within a slice chunk by chunk, with per-entry running sums over the
+models — Σ τ̂_i, Σ max(τ̂_i, 0) (the agreeing sum for either sign), counts or extremes — so τ_i = θ_i − θ₀
+is never stored and no list of N tensors exists. The majority sign only matters where Σ τ̂_i is exactly
+0 with non-zero entries (cancellation); those few positions get both candidates and are settled when the
+scope's sign count is known.
 """
 import numpy as np
 
-from ppmerge.merge.method_params import MERGE_FUNC, SPARSIFY_PARAM, THRESHOLD, TOPK_SCOPE
+from ppmerge.merge.method_params import MERGE_FUNC, SPARSIFY_PARAM, THRESHOLD, TOPK_SCOPE, streams_with
 from ppmerge.merge.registry import Param, register
-from ppmerge.merge.sparsify import Sparsifier, parse_sparsify
+from ppmerge.merge.sparsify import (CHUNK, Sparsifier, TaskVectorPart, magnitude_threshold, parse_sparsify,
+                                    random_keep_host)
 from ppmerge.merge.task_vector import float_key_shapes, merge_task_vectors, task_vector_source
-from ppmerge.merge.tensor_ops import paddle
+from ppmerge.merge.tensor_ops import as_numpy, numpy_dtype, paddle
 
+SLICE = 1 << 22  # entries of a tensor merged together (16 MB of float32): bounds the working set
+
+
+# --- CPU: numpy, chunked, running sums ------------------------------------------------------------
+
+def _flat32(value):
+    """A flat float32 numpy view (a copy only when the dtype or the container differs)."""
+    return np.ascontiguousarray(as_numpy(value), dtype=np.float32).reshape(-1)
+
+
+class TaskVectors:
+    """τ̂_i over flat slices of one key, as TaskVectorParts: θ_i − θ₀, DARE-style dropped when the
+    sparsify spec is data-free, or taken from a paddle `source` for masks that need whole models."""
+
+    def __init__(self, base, models, sparsify):
+        self.base, self.models = base, models
+        self.spec = parse_sparsify(sparsify) if sparsify else None
+        self.source = None
+        if self.spec is not None and not streams_with(sparsify):  # masks that look at τ: paddle's Sparsifier
+            self.source = task_vector_source(base, models, sparsify)
+        self.theta0 = {}
+
+    @property
+    def sliceable(self):
+        """Can a key be read in slices of rows? (Masks are drawn for whole tensors.)"""
+        return self.spec is None
+
+    def part(self, i, key, start=0, stop=None):
+        if self.source is not None:
+            return TaskVectorPart(_flat32(self.source(i, key)))
+        if key not in self.theta0:
+            self.theta0 = {key: _flat32(self.base[key])}  # one key at a time
+        b = self.theta0[key]
+        stop = b.size if stop is None else stop
+        x = _flat32(self.models[i][key])[start:stop]
+        if self.spec is None:
+            return TaskVectorPart(x, b[start:stop])
+        keep = random_keep_host(np.shape(self.base[key]), self.spec["ratio"], self.spec["seed"], i, key).reshape(-1)
+        return TaskVectorPart(x, b, keep, self.spec["scale"])
+
+
+class RunningMerge:
+    """Per-entry aggregates of the trimmed task vectors of one slice, added one model at a time."""
+
+    def __init__(self, size, merge_func):
+        self.merge_func = merge_func
+        self.total = np.zeros(size, dtype=np.float32)        # Σ τ̂_i: its sign is the elected one
+        if merge_func in ("sum", "mean"):
+            self.positive = np.zeros(size, dtype=np.float32)  # Σ max(τ̂_i, 0); the negative sum is total − it
+        if merge_func == "mean":
+            self.count_positive = np.zeros(size, dtype=np.uint16)
+            self.count_nonzero = np.zeros(size, dtype=np.uint16)
+        if merge_func == "max":
+            self.largest = np.zeros(size, dtype=np.float32)   # max(0, τ̂_i) over i
+            self.smallest = np.zeros(size, dtype=np.float32)  # min(0, τ̂_i) over i
+        self.tau = np.empty(CHUNK, dtype=np.float32)
+        self.work = np.empty(CHUNK, dtype=np.float32)
+        self.mask = np.empty(CHUNK, dtype=bool)
+
+    def add(self, part, threshold):
+        """Add τ̂ with entries |τ̂| < threshold zeroed (TIES's trim)."""
+        if threshold == float("inf"):
+            return
+        threshold = np.float32(threshold) if np.isfinite(threshold) else threshold
+        for start, tau in part.chunks(self.tau):
+            n = tau.size
+            span = slice(start, start + n)
+            work, mask = self.work[:n], self.mask[:n]
+            np.greater_equal(np.abs(tau, out=work), threshold, out=mask)
+            np.multiply(tau, mask, out=tau)
+            np.add(self.total[span], tau, out=self.total[span])
+            if self.merge_func == "max":
+                np.maximum(self.largest[span], tau, out=self.largest[span])
+                np.minimum(self.smallest[span], tau, out=self.smallest[span])
+                continue
+            np.add(self.positive[span], np.maximum(tau, np.float32(0), out=work), out=self.positive[span])
+            if self.merge_func == "mean":
+                np.add(self.count_positive[span], np.greater(tau, 0, out=mask), out=self.count_positive[span])
+                np.add(self.count_nonzero[span], np.not_equal(tau, 0, out=mask), out=self.count_nonzero[span])
+
+    def sign_count(self):
+        """Σ sign(Σ τ̂_i) over the slice (what decides the majority sign)."""
+        return int(np.count_nonzero(self.total > 0)) - int(np.count_nonzero(self.total < 0))
+
+    def candidates(self, span):
+        """(positive side, negative side, value where the elected sign is 0) of the merged τ_m on
+        `span`. The negative side is also what an elected 0 selects for sum / mean (FusionBench's
+        where(sign > 0, τ > 0, τ < 0)); max gives 0 there."""
+        if self.merge_func == "max":
+            return self.largest[span], self.smallest[span], np.zeros(self.smallest[span].shape, np.float32)
+        positive = self.positive[span]
+        negative = self.total[span] - positive
+        if self.merge_func == "mean":
+            negative /= np.maximum(self.count_nonzero[span] - self.count_positive[span], 1)
+            positive = positive / np.maximum(self.count_positive[span], 1)
+        return positive, negative, negative
+
+    def merged_into(self, out, theta0, scaling_factor):
+        """out = θ₀ + λ·τ_m with the majority sign taken as 0 (chunk by chunk); returns the positions
+        where the majority sign changes the result (Σ τ̂ = 0 with kept entries) and their candidates."""
+        found = []
+        for start in range(0, self.total.size, CHUNK):
+            span = slice(start, min(start + CHUNK, self.total.size))
+            total = self.total[span]
+            positive, negative, zero = self.candidates(span)
+            tau_m = np.where(total > 0, positive, negative if zero is negative else np.where(total < 0, negative, zero))
+            np.add(theta0[span], np.multiply(tau_m, np.float32(scaling_factor), out=tau_m), out=out[span])
+            undecided = np.flatnonzero((total == 0) & (positive != 0))
+            if undecided.size:
+                found.append((undecided + start, positive[undecided], negative[undecided], zero[undecided]))
+        if not found:
+            return (np.empty(0, dtype=np.int64),) + (np.empty(0, dtype=np.float32),) * 3
+        return tuple(np.concatenate(column) for column in zip(*found))
+
+
+class Undecided:
+    """Entries whose merged value waits for the scope's majority sign."""
+
+    def __init__(self):
+        self.items = []  # (out array, θ₀ flat, flat positions, positive, negative, zero candidates)
+        self.sign_count = 0
+
+    def add(self, out, theta0, found):
+        if found[0].size:
+            self.items.append((out, theta0, *found))
+
+    def settle(self, scaling_factor):
+        majority = np.sign(self.sign_count)
+        for out, theta0, index, positive, negative, zero in self.items:
+            tau_m = positive if majority > 0 else negative if majority < 0 else zero
+            out[index] = theta0[index] + np.float32(scaling_factor) * tau_m
+        self.items, self.sign_count = [], 0
+
+
+def ties_merge_host(base, models, threshold, merge_func, scaling_factor, topk_scope, sparsify=None):
+    """TIES on CPU with numpy (see the module docstring). Inputs are left untouched."""
+    density = threshold / 100.0
+    shapes = float_key_shapes(base)
+    vectors = TaskVectors(base, models, sparsify)
+    n = len(models)
+    if topk_scope == "global":
+        thresholds = [magnitude_threshold([vectors.part(i, key) for key in shapes], density) for i in range(n)]
+
+    merged, undecided = {}, Undecided()
+    for key, value in base.items():
+        if key not in shapes:  # non-float tensors are copied from the base
+            merged[key] = np.array(as_numpy(value))
+            continue
+        theta0 = _flat32(value)
+        out = np.empty(theta0.size, dtype=np.float32)
+        if topk_scope == "tensor":
+            thresholds = [magnitude_threshold([vectors.part(i, key)], density) for i in range(n)]
+        step = SLICE if vectors.sliceable else max(theta0.size, 1)
+        for start in range(0, theta0.size, step):
+            stop = min(start + step, theta0.size)
+            running = RunningMerge(stop - start, merge_func)
+            for i in range(n):
+                running.add(vectors.part(i, key, start, stop), thresholds[i])
+            undecided.sign_count += running.sign_count()
+            found = running.merged_into(out[start:stop], theta0[start:stop], scaling_factor)
+            undecided.add(out[start:stop], theta0[start:stop], found)
+            del running
+        if topk_scope == "tensor":
+            undecided.settle(scaling_factor)
+        merged[key] = out.reshape(np.shape(value))
+    undecided.settle(scaling_factor)
+    return {key: value.astype(numpy_dtype(base[key]), copy=False) for key, value in merged.items()}
+
+
+# --- other devices: paddle, key by key -------------------------------------------------------------
 
 def trimmed_source(base, models, threshold, topk_scope, source):
     """(i, key) -> τ̂_i[key]: `source`'s task vectors with all but the top `threshold`% zeroed."""
@@ -39,21 +218,26 @@ def disjoint_merge(taus, sign, merge_func):
     pd = paddle()
     relu = pd.nn.functional.relu
     direction = pd.where(sign > 0, 1.0, -1.0)
-    agreeing = [relu(tau * direction) for tau in taus]
+    largest = total = count = None
+    for tau in taus:  # running aggregates: one agreeing tensor alive at a time
+        magnitude = relu(tau * direction)
+        if merge_func == "max":
+            largest = magnitude if largest is None else pd.maximum(largest, magnitude)
+            continue
+        total = magnitude if total is None else total + magnitude
+        if merge_func == "mean":
+            agrees = (magnitude > 0).astype("float32")
+            count = agrees if count is None else count + agrees
     if merge_func == "max":
-        largest = agreeing[0]
-        for magnitude in agreeing[1:]:
-            largest = pd.maximum(largest, magnitude)
         return largest * sign
-    total = pd.add_n(agreeing)
     if merge_func == "mean":
-        count = pd.add_n([(magnitude > 0).astype("float32") for magnitude in agreeing])
         total = total / pd.clip(count, min=1.0)
     return total * direction
 
 
 def ties_merge(base, models, threshold, merge_func, scaling_factor, topk_scope, source):
-    """TIES on the task vectors given by `source(i, key)` (raw or already sparsified, e.g. by DARE)."""
+    """TIES in paddle on the current device, on the task vectors given by `source(i, key)` (raw or
+    already sparsified, e.g. by DARE)."""
     pd = paddle()
     trimmed = trimmed_source(base, models, threshold, topk_scope, source)
     keys = float_key_shapes(base)
@@ -72,11 +256,23 @@ def ties_merge(base, models, threshold, merge_func, scaling_factor, topk_scope, 
     return merge_task_vectors(base, models, combine, source=trimmed)
 
 
+def run_ties(base, models, threshold, merge_func, scaling_factor, topk_scope, sparsify=None):
+    """numpy on CPU, paddle on any other device; the same result up to float rounding."""
+    if on_host():
+        return ties_merge_host(base, models, threshold, merge_func, scaling_factor, topk_scope, sparsify)
+    source = task_vector_source(base, models, sparsify)
+    return ties_merge(base, models, threshold, merge_func, scaling_factor, topk_scope, source)
+
+
+def on_host():
+    """Is the merge device the CPU (where numpy is the faster way to run elementwise math)?"""
+    return paddle().get_device() == "cpu"
+
+
 def ties_merging(base, models, threshold=20.0, merge_func="sum", scaling_factor=0.3, topk_scope="global",
                  sparsify=None):
     """Trim, elect sign, disjoint merge; θ₀ + λ·τ_m (FusionBench semantics)."""
-    source = task_vector_source(base, models, sparsify)
-    return ties_merge(base, models, threshold, merge_func, scaling_factor, topk_scope, source)
+    return run_ties(base, models, threshold, merge_func, scaling_factor, topk_scope, sparsify)
 
 
 TIES_PARAMS = {
