@@ -319,6 +319,11 @@ def test_ties_cpu_slices_and_chunks_match_formula_and_paddle_path(scope, monkeyp
             m.setattr(ties, "on_host", lambda: False)
             on_device = METHODS["ties_merging"](base, models, **params)
         assert_close(got, on_device, atol=1e-6)
+    magnitude = dict(threshold=50, topk_scope=scope, sparsify={"name": "magnitude", "ratio": 0.4})  # paddle masks
+    got = METHODS["ties_merging"](base, models, **magnitude)
+    with monkeypatch.context() as m:
+        m.setattr(ties, "on_host", lambda: False)
+        assert_close(got, METHODS["ties_merging"](base, models, **magnitude), atol=1e-6)
     dare = dict(threshold=40, merge_func="mean", topk_scope=scope, sparsity_ratio=0.3, seed=5)
     got = METHODS["dare_ties_merging"](base, models, **dare)
     with monkeypatch.context() as m:

@@ -15,6 +15,9 @@ is never stored and no list of N tensors exists. The majority sign only matters 
 0 with non-zero entries (cancellation); those few positions get both candidates and are settled when the
 scope's sign count is known.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ppmerge.merge.method_params import MERGE_FUNC, SPARSIFY_PARAM, THRESHOLD, TOPK_SCOPE, streams_with
@@ -44,7 +47,6 @@ class TaskVectors:
         self.source = None
         if self.spec is not None and not streams_with(sparsify):  # masks that look at τ: paddle's Sparsifier
             self.source = task_vector_source(base, models, sparsify)
-        self.theta0 = {}
 
     @property
     def sliceable(self):
@@ -54,9 +56,7 @@ class TaskVectors:
     def part(self, i, key, start=0, stop=None):
         if self.source is not None:
             return TaskVectorPart(_flat32(self.source(i, key)))
-        if key not in self.theta0:
-            self.theta0 = {key: _flat32(self.base[key])}  # one key at a time
-        b = self.theta0[key]
+        b = _flat32(self.base[key])  # a view for float32 numpy (what the runner gives): no copy
         stop = b.size if stop is None else stop
         x = _flat32(self.models[i][key])[start:stop]
         if self.spec is None:
@@ -159,38 +159,53 @@ class Undecided:
 
 
 def ties_merge_host(base, models, threshold, merge_func, scaling_factor, topk_scope, sparsify=None):
-    """TIES on CPU with numpy (see the module docstring). Inputs are left untouched."""
+    """TIES on CPU with numpy (see the module docstring). Inputs are left untouched. Tensors (and the
+    models' global thresholds) are spread over one thread per core: numpy releases the GIL."""
     density = threshold / 100.0
     shapes = float_key_shapes(base)
     vectors = TaskVectors(base, models, sparsify)
     n = len(models)
-    if topk_scope == "global":
-        thresholds = [magnitude_threshold([vectors.part(i, key) for key in shapes], density) for i in range(n)]
+    threads = 1 if vectors.source is not None else max(1, min(os.cpu_count() or 1, 4))  # paddle's source: one
+    with ThreadPoolExecutor(max_workers=threads) as workers:
+        thresholds = None
+        if topk_scope == "global":
+            thresholds = list(workers.map(lambda i: magnitude_threshold([vectors.part(i, key) for key in shapes],
+                                                                        density), range(n)))
 
-    merged, undecided = {}, Undecided()
+        def merge_key(key):
+            theta0 = _flat32(base[key])
+            out = np.empty(theta0.size, dtype=np.float32)
+            undecided = Undecided()
+            cutoffs = thresholds or [magnitude_threshold([vectors.part(i, key)], density) for i in range(n)]
+            step = SLICE if vectors.sliceable else max(theta0.size, 1)
+            for start in range(0, theta0.size, step):
+                stop = min(start + step, theta0.size)
+                running = RunningMerge(stop - start, merge_func)
+                for i in range(n):
+                    running.add(vectors.part(i, key, start, stop), cutoffs[i])
+                undecided.sign_count += running.sign_count()
+                undecided.add(out[start:stop], theta0[start:stop],
+                              running.merged_into(out[start:stop], theta0[start:stop], scaling_factor))
+                del running
+            if topk_scope == "tensor":
+                undecided.settle(scaling_factor)
+            return out, undecided
+
+        # biggest tensors first, so that the two threads finish together
+        order = sorted(shapes, key=lambda key: -int(np.prod(shapes[key])))
+        results = dict(zip(order, workers.map(merge_key, order)))
+    scope = Undecided()  # global scope: the majority sign of the whole task vector settles the rest
+    for _, undecided in results.values():
+        scope.items += undecided.items
+        scope.sign_count += undecided.sign_count
+    scope.settle(scaling_factor)
+    merged = {}
     for key, value in base.items():
-        if key not in shapes:  # non-float tensors are copied from the base
+        if key in results:
+            merged[key] = results[key][0].reshape(np.shape(value)).astype(numpy_dtype(value), copy=False)
+        else:  # non-float tensors are copied from the base
             merged[key] = np.array(as_numpy(value))
-            continue
-        theta0 = _flat32(value)
-        out = np.empty(theta0.size, dtype=np.float32)
-        if topk_scope == "tensor":
-            thresholds = [magnitude_threshold([vectors.part(i, key)], density) for i in range(n)]
-        step = SLICE if vectors.sliceable else max(theta0.size, 1)
-        for start in range(0, theta0.size, step):
-            stop = min(start + step, theta0.size)
-            running = RunningMerge(stop - start, merge_func)
-            for i in range(n):
-                running.add(vectors.part(i, key, start, stop), thresholds[i])
-            undecided.sign_count += running.sign_count()
-            found = running.merged_into(out[start:stop], theta0[start:stop], scaling_factor)
-            undecided.add(out[start:stop], theta0[start:stop], found)
-            del running
-        if topk_scope == "tensor":
-            undecided.settle(scaling_factor)
-        merged[key] = out.reshape(np.shape(value))
-    undecided.settle(scaling_factor)
-    return {key: value.astype(numpy_dtype(base[key]), copy=False) for key, value in merged.items()}
+    return merged
 
 
 # --- other devices: paddle, key by key -------------------------------------------------------------
