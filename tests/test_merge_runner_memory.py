@@ -85,3 +85,26 @@ def test_streamed_models_are_checked_as_read(tmp_path):
     pool = _pool(paths)
     with pytest.raises(CheckpointError, match="model MNLI .*'gpt.decoder.layers.2.linear1.weight' contains NaN"):
         METHODS["simple_average"].stream(pool.base, _Sized(pool), consume=True)
+
+
+def test_block_updates_also_copy_back_when_not_zero_copy():
+    """A Fortran-order accumulator is not shared with the device tensor: the result must be copied back.
+    Blocks are forced small so that several row blocks and a per-entry (DARE-like) coefficient are used."""
+    from ppmerge.merge import streaming
+
+    rng = np.random.default_rng(3)
+    for order in ("C", "F"):
+        acc = np.asarray(rng.standard_normal((300, 40), dtype=np.float32), order=order)
+        value = rng.standard_normal((300, 40), dtype=np.float32)
+        coef = rng.random((300, 40), dtype=np.float32)
+        expected = (acc * 0.5 + value * 0.3) * coef
+        old_block = streaming.BLOCK_BYTES
+        streaming.BLOCK_BYTES = 4096
+        try:
+            assert len(streaming._row_blocks(acc)) > 1
+            streaming._scale_in_place(acc, 0.5)
+            streaming._add_in_place(acc, value, 0.3)
+            streaming._scale_in_place(acc, coef)  # numpy per-entry coefficient
+        finally:
+            streaming.BLOCK_BYTES = old_block
+        np.testing.assert_allclose(acc, expected, rtol=1e-6, atol=1e-6, err_msg=order)

@@ -48,16 +48,30 @@ def _block(coef, rows):
     return coef if np.isscalar(coef) or getattr(coef, "ndim", 0) == 0 or rows is Ellipsis else coef[rows]
 
 
+def _update_block(block, update):
+    """Apply `update` (an in-place paddle op) to a block of the accumulator. On CPU the device tensor
+    is the block's own memory (zero-copy), so nothing is copied back; elsewhere the result is."""
+    tensor = to_device(block)
+    update(tensor)
+    result = to_host(tensor)
+    if not np.may_share_memory(result, block):
+        block[...] = result
+
+
 def _scale_in_place(buffer, coef):
     """buffer *= coef (on the compute device), block by block."""
     for rows in _row_blocks(buffer):
-        buffer[rows] = to_host(to_device(buffer[rows]) * _block(coef, rows))
+        part = _block(coef, rows)
+        if np.isscalar(part) or np.ndim(part) == 0:
+            _update_block(buffer[rows], lambda t: t.scale_(float(part)))
+        else:
+            _update_block(buffer[rows], lambda t: t.multiply_(to_device(part) if isinstance(part, np.ndarray) else part))
 
 
 def _add_in_place(accumulator, value, coef):
     """accumulator += value·coef (on the compute device), block by block."""
     for rows in _row_blocks(accumulator):
-        accumulator[rows] = to_host(to_device(accumulator[rows]) + to_device(value[rows]) * _block(coef, rows))
+        _update_block(accumulator[rows], lambda t: t.add_(to_device(value[rows]) * _block(coef, rows)))
 
 
 def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=False):
