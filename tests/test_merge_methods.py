@@ -1,5 +1,6 @@
 """Data-free merge methods against plain-numpy formulas written here (not the package's helpers)."""
 import copy
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -247,11 +248,169 @@ class iter_sized:
         return iter(self.items)
 
 
-def test_methods_that_need_whole_models_do_not_stream():
-    assert not METHODS["ties_merging"].can_stream(METHODS["ties_merging"].resolve({}))
+def test_which_methods_stream():
+    """TIES and DARE-TIES stream on CPU (every aggregate is a sum / max over the models); masks that look
+    at τ (magnitude, conflict-aware, CABS) and data-dependent methods need whole models."""
+    for name in ("ties_merging", "dare_ties_merging"):
+        method = METHODS[name]
+        for scope in ("global", "tensor"):
+            assert method.can_stream(method.resolve({"topk_scope": scope})), name
+    ties = METHODS["ties_merging"]
+    assert ties.can_stream(ties.resolve({"sparsify": {"name": "dare", "ratio": 0.3}}))
+    assert not ties.can_stream(ties.resolve({"sparsify": {"name": "magnitude"}}))
+    assert not ties.can_stream(ties.resolve({"sparsify": {"name": "nm"}}))
+    assert not ties.can_stream(ties.resolve({"sparsify": {"name": "dare", "conflict_aware": True}}))
+    assert not METHODS["cabs"].can_stream(METHODS["cabs"].resolve({}))
+    for name in ("fisher_merging", "regmean", "simple_ensemble"):
+        assert METHODS[name].data_dependent and not METHODS[name].can_stream(METHODS[name].resolve({}))
     ta = METHODS["task_arithmetic"]
     assert not ta.can_stream(ta.resolve({"sparsify": {"name": "magnitude"}}))
     assert not ta.can_stream(ta.resolve({"sparsify": {"name": "dare", "conflict_aware": True}}))
+
+
+def test_ties_does_not_stream_off_the_cpu(monkeypatch):
+    """On other devices the paddle path runs on the whole pool (the streamed form is numpy only)."""
+    from ppmerge.merge.methods import ties_merging as ties
+
+    monkeypatch.setattr(ties, "on_host", lambda: False)
+    for name in ("ties_merging", "dare_ties_merging"):
+        assert not METHODS[name].can_stream(METHODS[name].resolve({}))
+
+
+class CountingModel(Mapping):
+    """A model whose `[key]` is counted (the runner's streamed models re-read the file on each access)."""
+
+    def __init__(self, state_dict):
+        self.data, self.reads = dict(state_dict), {}
+
+    def __getitem__(self, key):
+        self.reads[key] = self.reads.get(key, 0) + 1
+        return self.data[key]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+    def pop(self, key):
+        value = self[key]
+        del self.data[key]
+        return value
+
+    def clear(self):
+        self.data.clear()
+
+
+class CountingPool(iter_sized):
+    """A sized iterable that counts how often it is iterated and how many models it yields."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.passes = self.yielded = 0
+
+    def __iter__(self):
+        self.passes += 1
+        for item in self.items:
+            self.yielded += 1
+            yield item
+
+
+def stream_checked(name, base, models, consume, **params):
+    """Run method.stream on counted copies; check one pass, one read per key and model, what consume
+    leaves behind; return the merged dict."""
+    method = METHODS[name]
+    resolved = method.resolve(params)
+    assert method.can_stream(resolved)
+    b = copy.deepcopy(base)
+    counted = [CountingModel(copy.deepcopy(m)) for m in models]
+    pool = CountingPool(counted)
+    got = method.stream(b, pool, consume=consume, **resolved)
+    assert pool.passes == 1 and pool.yielded == len(models)
+    assert all(m.reads == {k: 1 for k in base} for m in counted)
+    if consume:  # the models are emptied, the base holds the merged values
+        assert all(not m.data for m in counted) and all(got[k] is b[k] for k in base)
+    else:
+        assert all(np.array_equal(b[k], base[k]) for k in base)
+        assert all(len(m.data) == len(base) and all(np.array_equal(m.data[k], o[k]) for k in o)
+                   for m, o in zip(counted, models))
+    return got
+
+
+def assert_identical(got, expected):
+    assert set(got) == set(expected)
+    for k in expected:
+        assert got[k].dtype == expected[k].dtype and got[k].shape == expected[k].shape
+        np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+
+
+def cancelled_with_kept_entries(base, models, threshold, scope):
+    """How many entries have Σ τ̂ exactly 0 although some τ̂ is kept (the majority sign decides them)."""
+    tv = taus(base, models)
+    count = 0
+    for group in ([list(base)] if scope == "global" else [[k] for k in base]):
+        flat = np.stack([np.concatenate([t[k].ravel() for k in group]) for t in tv])
+        d = flat.shape[1]
+        kth = np.sort(np.abs(flat), axis=1)[:, d - int(d * threshold / 100) - 1:][:, :1]
+        kept = np.where(np.abs(flat) >= kth, flat, 0.0)
+        count += int(((kept.sum(0) == 0) & (kept != 0).any(0)).sum())
+    return count
+
+
+@pytest.mark.parametrize("scope", ["global", "tensor"])
+@pytest.mark.parametrize("merge_func", ["sum", "mean", "max"])
+def test_ties_stream_equals_in_memory_and_formula(scope, merge_func):
+    """One pass over the models, each key read once; bit-identical to the in-memory form and equal to
+    the FusionBench formula, with ties at the threshold and exact cancellations (integer task vectors)."""
+    for integer in (True, False):
+        base, models = make_pool(seed=12, integer=integer, n=5)
+        params = dict(threshold=40, merge_func=merge_func, scaling_factor=0.6, topk_scope=scope)
+        if integer:  # the data really exercises the majority-sign rule
+            assert cancelled_with_kept_entries(base, models, 40, scope) > 0
+        expected = METHODS["ties_merging"](base, models, **params)
+        assert_close(expected, ties_reference(base, models, 40, merge_func, 0.6, scope))
+        for consume in (False, True):
+            assert_identical(stream_checked("ties_merging", base, models, consume, **params), expected)
+
+
+@pytest.mark.parametrize("scope", ["global", "tensor"])
+def test_dare_ties_stream_equals_in_memory_and_formula(scope):
+    base, models = make_pool(seed=13, integer=True)
+    p, seed = 0.5, 4  # rescale × 2: exact in float32, so ties and cancellations survive
+    dropped = [{k: t[k] * dare_reference_mask(base[k].shape, p, seed, i, k) / (1 - p) for k in base}
+               for i, t in enumerate(taus(base, models))]
+    reference = ties_reference(base, [{k: base[k] + d[k] for k in base} for d in dropped], 30, "sum", 0.5, scope)
+    params = dict(sparsity_ratio=p, seed=seed, threshold=30, scaling_factor=0.5, topk_scope=scope)
+    expected = METHODS["dare_ties_merging"](base, models, **params)
+    assert_close(expected, reference, atol=1e-4)
+    sparsify = {"name": "dare", "ratio": p, "seed": seed}  # the same through ties_merging's sparsify
+    for consume in (False, True):
+        assert_identical(stream_checked("dare_ties_merging", base, models, consume, **params), expected)
+        assert_identical(stream_checked("ties_merging", base, models, consume, threshold=30, scaling_factor=0.5,
+                                        topk_scope=scope, sparsify=sparsify), expected)
+
+
+def test_ties_stream_keeps_dtypes_and_counts_the_models():
+    from ppmerge.errors import UserError
+
+    base, models = make_pool(seed=14)
+    half = lambda sd: {k: v.astype(np.float16) for k, v in sd.items()}  # noqa: E731
+    base16, models16 = half(base), [half(m) for m in models]
+    base16["steps"] = np.arange(3, dtype=np.int64)  # non-float tensors are copied from the base
+    expected = METHODS["ties_merging"](base16, [dict(m, steps=base16["steps"]) for m in models16])
+    method = METHODS["ties_merging"]
+    got = method.stream(dict(base16), iter_sized(models16), **method.resolve({}))
+    assert got["steps"].dtype == np.int64 and got["emb"].dtype == np.float16
+    assert_identical(got, expected)
+    with pytest.raises(UserError, match="expected 4 models but the pool yielded 3"):
+        method.stream(base, _short(models[:3]), **method.resolve({}))
+
+
+class _short(iter_sized):
+    """Claims one model more than it yields."""
+
+    def __len__(self):
+        return len(self.items) + 1
 
 
 @pytest.mark.parametrize("name", ["simple_average", "task_arithmetic", "ties_merging", "dare_ties_merging", "cabs"])
@@ -315,6 +474,7 @@ def test_ties_cpu_slices_and_chunks_match_formula_and_paddle_path(scope, monkeyp
         params = dict(threshold=30, merge_func=merge_func, scaling_factor=0.7, topk_scope=scope)
         got = METHODS["ties_merging"](base, models, **params)
         assert_close(got, ties_reference(base, models, 30, merge_func, 0.7, scope))
+        assert_identical(stream_checked("ties_merging", base, models, merge_func == "mean", **params), got)
         with monkeypatch.context() as m:
             m.setattr(ties, "on_host", lambda: False)
             on_device = METHODS["ties_merging"](base, models, **params)
@@ -326,6 +486,7 @@ def test_ties_cpu_slices_and_chunks_match_formula_and_paddle_path(scope, monkeyp
         assert_close(got, METHODS["ties_merging"](base, models, **magnitude), atol=1e-6)
     dare = dict(threshold=40, merge_func="mean", topk_scope=scope, sparsity_ratio=0.3, seed=5)
     got = METHODS["dare_ties_merging"](base, models, **dare)
+    assert_identical(stream_checked("dare_ties_merging", base, models, True, **dare), got)
     with monkeypatch.context() as m:
         m.setattr(ties, "on_host", lambda: False)
         assert_close(got, METHODS["dare_ties_merging"](base, models, **dare), atol=1e-6)

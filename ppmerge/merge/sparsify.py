@@ -184,12 +184,29 @@ class TaskVectorPart:
             yield start, self.chunk(start, min(start + CHUNK, self.size), out)
 
 
-def kth_smallest_magnitude(parts, k, samples=1 << 18):
+def _below_and_band(part, lo, hi):
+    """(how many |τ̂| of `part` are < lo, the |τ̂| in [lo, hi]): one chunked pass, own buffers (so
+    parts can be counted on several threads at once)."""
+    buffer = np.empty(CHUNK, dtype=np.float32)
+    below_mask, band_mask = np.empty(CHUNK, dtype=bool), np.empty(CHUNK, dtype=bool)
+    below, band = 0, []
+    for _, tau in part.chunks(buffer):
+        n = tau.size
+        magnitude = np.abs(tau, out=tau)
+        np.less(magnitude, lo, out=below_mask[:n])
+        below += int(np.count_nonzero(below_mask[:n]))
+        np.less_equal(magnitude, hi, out=band_mask[:n])
+        np.logical_xor(band_mask[:n], below_mask[:n], out=band_mask[:n])  # lo <= |τ| <= hi
+        band.append(magnitude[band_mask[:n]])
+    return below, np.concatenate(band) if band else np.empty(0, dtype=np.float32)
+
+
+def kth_smallest_magnitude(parts, k, samples=1 << 18, map=map):
     """The exact k-th smallest (1-based) |τ̂| over all entries of `parts` (TaskVectorParts), without
     concatenating them or storing |τ̂|: a random sample (each part in proportion to its size) brackets
     the rank, one chunked pass counts the entries below the bracket and keeps those inside it (≈1% of
     them), and only those are partitioned. If the sample misses (> 5σ off), the exact answer comes from
-    a full partition."""
+    a full partition. `map` runs the counting pass over the parts (e.g. a thread pool's map)."""
     d = sum(part.size for part in parts)
     if d <= 1 << 16:
         values = np.abs(np.concatenate([part.take(slice(None)).ravel() for part in parts]))
@@ -199,19 +216,10 @@ def kth_smallest_magnitude(parts, k, samples=1 << 18):
     sample = np.concatenate([np.abs(part.take(rng.integers(0, part.size, int(np.ceil(part.size * per_entry)))))
                              for part in parts])
     lo, hi = _bracket_of(sample, k, d)
-    buffer = np.empty(CHUNK, dtype=np.float32)
-    below_mask, band_mask = np.empty(CHUNK, dtype=bool), np.empty(CHUNK, dtype=bool)
-    below, band = 0, []
-    for part in parts:
-        for _, tau in part.chunks(buffer):
-            n = tau.size
-            magnitude = np.abs(tau, out=tau)
-            np.less(magnitude, lo, out=below_mask[:n])
-            below += int(np.count_nonzero(below_mask[:n]))
-            np.less_equal(magnitude, hi, out=band_mask[:n])
-            np.logical_xor(band_mask[:n], below_mask[:n], out=band_mask[:n])  # lo <= |τ| <= hi
-            band.append(magnitude[band_mask[:n]])
-    band = np.concatenate(band)
+    counted = list(map(lambda part: _below_and_band(part, lo, hi), parts))
+    below = sum(count for count, _ in counted)
+    band = np.concatenate([values for _, values in counted])
+    del counted
     if below < k <= below + band.size:
         return np.partition(band, k - below - 1)[k - below - 1]
     del band
@@ -219,13 +227,13 @@ def kth_smallest_magnitude(parts, k, samples=1 << 18):
     return np.partition(values, k - 1)[k - 1]
 
 
-def magnitude_threshold(parts, density):
+def magnitude_threshold(parts, density, map=map):
     """TIES's trim threshold over `parts` (FusionBench's rule: keep |τ| ≥ the k-th smallest |τ|, see
-    kth_smallest_rank); −inf keeps everything, +inf nothing."""
+    kth_smallest_rank); −inf keeps everything, +inf nothing. `map`: see kth_smallest_magnitude."""
     if density <= 0:
         return float("inf")
     k = kth_smallest_rank(sum(part.size for part in parts), density)
-    return float("-inf") if k is None else float(kth_smallest_magnitude(parts, k))
+    return float("-inf") if k is None else float(kth_smallest_magnitude(parts, k, map=map))
 
 
 def magnitude_mask(magnitude, density):

@@ -14,12 +14,19 @@ models — Σ τ̂_i, Σ max(τ̂_i, 0) (the agreeing sum for either sign), coun
 is never stored and no list of N tensors exists. The majority sign only matters where Σ τ̂_i is exactly
 0 with non-zero entries (cancellation); those few positions get both candidates and are settled when the
 scope's sign count is known.
+
+Streamed (`stream_ties_merging`, what the runner uses for a single merge on CPU): the same running sums
+kept for whole tensors, filled in one pass over the models, one model in memory at a time (see
+stream_ties_host); the result is bit-identical to the in-memory form.
 """
 import os
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ppmerge.errors import UserError
 from ppmerge.merge.method_params import MERGE_FUNC, SPARSIFY_PARAM, THRESHOLD, TOPK_SCOPE, streams_with
 from ppmerge.merge.registry import Param, register
 from ppmerge.merge.sparsify import (CHUNK, Sparsifier, TaskVectorPart, magnitude_threshold, parse_sparsify,
@@ -35,6 +42,16 @@ SLICE = 1 << 22  # entries of a tensor merged together (16 MB of float32): bound
 def _flat32(value):
     """A flat float32 numpy view (a copy only when the dtype or the container differs)."""
     return np.ascontiguousarray(as_numpy(value), dtype=np.float32).reshape(-1)
+
+
+def task_vector_part(value, theta0, spec, i, key, shape):
+    """τ̂_i of one tensor as a TaskVectorPart: θ_i − θ₀ (`theta0` flat float32), DARE-style dropped and
+    rescaled when `spec` is a data-free sparsify spec (the mask redrawn from its seed)."""
+    x = _flat32(value)
+    if spec is None:
+        return TaskVectorPart(x, theta0)
+    keep = random_keep_host(shape, spec["ratio"], spec["seed"], i, key).reshape(-1)
+    return TaskVectorPart(x, theta0, keep, spec["scale"])
 
 
 class TaskVectors:
@@ -57,41 +74,53 @@ class TaskVectors:
         if self.source is not None:
             return TaskVectorPart(_flat32(self.source(i, key)))
         b = _flat32(self.base[key])  # a view for float32 numpy (what the runner gives): no copy
+        if self.spec is not None:
+            return task_vector_part(self.models[i][key], b, self.spec, i, key, np.shape(self.base[key]))
         stop = b.size if stop is None else stop
-        x = _flat32(self.models[i][key])[start:stop]
-        if self.spec is None:
-            return TaskVectorPart(x, b[start:stop])
-        keep = random_keep_host(np.shape(self.base[key]), self.spec["ratio"], self.spec["seed"], i, key).reshape(-1)
-        return TaskVectorPart(x, b, keep, self.spec["scale"])
+        return TaskVectorPart(_flat32(self.models[i][key])[start:stop], b[start:stop])
+
+
+class Scratch:
+    """Chunk-sized work buffers (one set per thread, shared by all the tensors it adds)."""
+
+    def __init__(self):
+        self.tau = np.empty(CHUNK, dtype=np.float32)
+        self.work = np.empty(CHUNK, dtype=np.float32)
+        self.mask = np.empty(CHUNK, dtype=bool)
+
+
+def count_dtype(num_models):
+    """The smallest unsigned integer that counts up to num_models."""
+    return np.uint8 if num_models <= np.iinfo(np.uint8).max else np.uint16 if num_models <= 65535 else np.uint32
 
 
 class RunningMerge:
-    """Per-entry aggregates of the trimmed task vectors of one slice, added one model at a time."""
+    """Per-entry aggregates of the trimmed task vectors of one slice, added one model at a time:
+    sum keeps Σ τ̂ and Σ max(τ̂, 0) (2 float32 per entry), mean also two counts (1 byte each for
+    < 256 models), max Σ τ̂, max(0, τ̂) and min(0, τ̂) (3 float32)."""
 
-    def __init__(self, size, merge_func):
+    def __init__(self, size, merge_func, num_models=65535):
         self.merge_func = merge_func
         self.total = np.zeros(size, dtype=np.float32)        # Σ τ̂_i: its sign is the elected one
         if merge_func in ("sum", "mean"):
             self.positive = np.zeros(size, dtype=np.float32)  # Σ max(τ̂_i, 0); the negative sum is total − it
         if merge_func == "mean":
-            self.count_positive = np.zeros(size, dtype=np.uint16)
-            self.count_nonzero = np.zeros(size, dtype=np.uint16)
+            self.count_positive = np.zeros(size, dtype=count_dtype(num_models))
+            self.count_nonzero = np.zeros(size, dtype=count_dtype(num_models))
         if merge_func == "max":
             self.largest = np.zeros(size, dtype=np.float32)   # max(0, τ̂_i) over i
             self.smallest = np.zeros(size, dtype=np.float32)  # min(0, τ̂_i) over i
-        self.tau = np.empty(CHUNK, dtype=np.float32)
-        self.work = np.empty(CHUNK, dtype=np.float32)
-        self.mask = np.empty(CHUNK, dtype=bool)
 
-    def add(self, part, threshold):
+    def add(self, part, threshold, scratch=None):
         """Add τ̂ with entries |τ̂| < threshold zeroed (TIES's trim)."""
         if threshold == float("inf"):
             return
+        scratch = scratch or Scratch()
         threshold = np.float32(threshold) if np.isfinite(threshold) else threshold
-        for start, tau in part.chunks(self.tau):
+        for start, tau in part.chunks(scratch.tau):
             n = tau.size
             span = slice(start, start + n)
-            work, mask = self.work[:n], self.mask[:n]
+            work, mask = scratch.work[:n], scratch.mask[:n]
             np.greater_equal(np.abs(tau, out=work), threshold, out=mask)
             np.multiply(tau, mask, out=tau)
             np.add(self.total[span], tau, out=self.total[span])
@@ -122,20 +151,22 @@ class RunningMerge:
         return positive, negative, negative
 
     def merged_into(self, out, theta0, scaling_factor):
-        """out = θ₀ + λ·τ_m with the majority sign taken as 0 (chunk by chunk); returns the positions
-        where the majority sign changes the result (Σ τ̂ = 0 with kept entries) and their candidates."""
+        """out = θ₀ + λ·τ_m with the majority sign taken as 0 (chunk by chunk; `out` may be
+        self.total: each chunk is read whole before it is written); returns the positions where the
+        majority sign changes the result (Σ τ̂ = 0 with kept entries), their θ₀ and candidates."""
         found = []
         for start in range(0, self.total.size, CHUNK):
             span = slice(start, min(start + CHUNK, self.total.size))
             total = self.total[span]
             positive, negative, zero = self.candidates(span)
             tau_m = np.where(total > 0, positive, negative if zero is negative else np.where(total < 0, negative, zero))
-            np.add(theta0[span], np.multiply(tau_m, np.float32(scaling_factor), out=tau_m), out=out[span])
             undecided = np.flatnonzero((total == 0) & (positive != 0))
             if undecided.size:
-                found.append((undecided + start, positive[undecided], negative[undecided], zero[undecided]))
+                found.append((undecided + start, theta0[span][undecided], positive[undecided], negative[undecided],
+                              zero[undecided]))
+            np.add(theta0[span], np.multiply(tau_m, np.float32(scaling_factor), out=tau_m), out=out[span])
         if not found:
-            return (np.empty(0, dtype=np.int64),) + (np.empty(0, dtype=np.float32),) * 3
+            return (np.empty(0, dtype=np.int64),) + (np.empty(0, dtype=np.float32),) * 4
         return tuple(np.concatenate(column) for column in zip(*found))
 
 
@@ -143,19 +174,23 @@ class Undecided:
     """Entries whose merged value waits for the scope's majority sign."""
 
     def __init__(self):
-        self.items = []  # (out array, θ₀ flat, flat positions, positive, negative, zero candidates)
+        self.items = []  # (out array, flat positions, θ₀ there, positive, negative, zero candidates)
         self.sign_count = 0
 
-    def add(self, out, theta0, found):
+    def add(self, out, found):
         if found[0].size:
-            self.items.append((out, theta0, *found))
+            self.items.append((out, *found))
 
     def settle(self, scaling_factor):
         majority = np.sign(self.sign_count)
-        for out, theta0, index, positive, negative, zero in self.items:
+        for out, index, theta0, positive, negative, zero in self.items:
             tau_m = positive if majority > 0 else negative if majority < 0 else zero
-            out[index] = theta0[index] + np.float32(scaling_factor) * tau_m
+            out[index] = theta0 + np.float32(scaling_factor) * tau_m
         self.items, self.sign_count = [], 0
+
+
+def _threads():
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 def ties_merge_host(base, models, threshold, merge_func, scaling_factor, topk_scope, sparsify=None):
@@ -165,7 +200,7 @@ def ties_merge_host(base, models, threshold, merge_func, scaling_factor, topk_sc
     shapes = float_key_shapes(base)
     vectors = TaskVectors(base, models, sparsify)
     n = len(models)
-    threads = 1 if vectors.source is not None else max(1, min(os.cpu_count() or 1, 4))  # paddle's source: one
+    threads = 1 if vectors.source is not None else _threads()  # paddle's source: one
     with ThreadPoolExecutor(max_workers=threads) as workers:
         thresholds = None
         if topk_scope == "global":
@@ -176,16 +211,16 @@ def ties_merge_host(base, models, threshold, merge_func, scaling_factor, topk_sc
             theta0 = _flat32(base[key])
             out = np.empty(theta0.size, dtype=np.float32)
             undecided = Undecided()
+            scratch = Scratch()
             cutoffs = thresholds or [magnitude_threshold([vectors.part(i, key)], density) for i in range(n)]
             step = SLICE if vectors.sliceable else max(theta0.size, 1)
             for start in range(0, theta0.size, step):
                 stop = min(start + step, theta0.size)
-                running = RunningMerge(stop - start, merge_func)
+                running = RunningMerge(stop - start, merge_func, n)
                 for i in range(n):
-                    running.add(vectors.part(i, key, start, stop), cutoffs[i])
+                    running.add(vectors.part(i, key, start, stop), cutoffs[i], scratch)
                 undecided.sign_count += running.sign_count()
-                undecided.add(out[start:stop], theta0[start:stop],
-                              running.merged_into(out[start:stop], theta0[start:stop], scaling_factor))
+                undecided.add(out[start:stop], running.merged_into(out[start:stop], theta0[start:stop], scaling_factor))
                 del running
             if topk_scope == "tensor":
                 undecided.settle(scaling_factor)
@@ -203,6 +238,102 @@ def ties_merge_host(base, models, threshold, merge_func, scaling_factor, topk_sc
     for key, value in base.items():
         if key in results:
             merged[key] = results[key][0].reshape(np.shape(value)).astype(numpy_dtype(value), copy=False)
+        else:  # non-float tensors are copied from the base
+            merged[key] = np.array(as_numpy(value))
+    return merged
+
+
+# --- CPU, streamed: one pass over the models ------------------------------------------------------
+
+def stream_ties_host(base, models, threshold, merge_func, scaling_factor, topk_scope, sparsify=None,
+                     consume=False):
+    """TIES in ONE pass over `models` (a sized iterable yielding one state dict at a time): every
+    aggregate is a sum / max over the models, so model i is read (each key once), its own trim
+    threshold found, its τ̂ added into per-key RunningMerges, and it is dropped. The sign is elected at
+    the end; the majority sign (exact zero sums) needs only the final Σ τ̂. Equal, bit for bit, to
+    ties_merge_host (same per-entry operations in the same model order).
+
+    Memory: base + accumulators (sum: 2, mean: 2.5, max: 3 float32 copies of the backbone) + one model
+    (`topk_scope: global` holds model i whole while its threshold is found; `tensor` one tensor at a
+    time, a few in flight on the worker threads). The result is written into the Σ τ̂ accumulator, so
+    no extra buffer. consume=True: each model dict is emptied as it is read, and the base dict ends up
+    holding the merged values (its old buffers are released key by key at the end)."""
+    spec = parse_sparsify(sparsify) if sparsify else None
+    if spec is not None and not streams_with(sparsify):
+        raise ValueError("stream_ties_host: only dare / random masks can stream (check MergeMethod.can_stream)")
+    density = threshold / 100.0
+    n = len(models)
+    shapes = float_key_shapes(base)
+    keys = sorted(shapes, key=lambda key: -int(np.prod(shapes[key])))  # biggest first: threads finish together
+    dtypes = {key: numpy_dtype(value) for key, value in base.items()}
+    theta0 = {key: _flat32(base[key]) for key in keys}  # views for float32 numpy (what the runner gives)
+    running = {key: RunningMerge(theta0[key].size, merge_func, n) for key in keys}
+    threads = _threads()
+    local = threading.local()
+
+    def scratch():
+        if not hasattr(local, "scratch"):
+            local.scratch = Scratch()
+        return local.scratch
+
+    def add(part, key, cutoff):
+        if cutoff is None:  # tensor scope: the model's own threshold on this tensor
+            cutoff = magnitude_threshold([part], density)
+        running[key].add(part, cutoff, scratch())
+
+    with ThreadPoolExecutor(max_workers=threads) as workers:
+        iterator, seen = iter(models), 0
+        for i in range(n):
+            model = next(iterator, None)
+            if model is None:
+                break
+            read = model.pop if consume else model.__getitem__  # each key read once (a file read when streamed)
+            if topk_scope == "global":
+                parts = {key: task_vector_part(read(key), theta0[key], spec, i, key, shapes[key]) for key in keys}
+                cutoff = magnitude_threshold(list(parts.values()), density, map=workers.map)
+                for future in [workers.submit(add, parts[key], key, cutoff) for key in keys]:
+                    future.result()
+                del parts
+            else:
+                pending = deque()
+                for key in keys:  # read on this thread (files are not shared), added on the workers
+                    pending.append(workers.submit(add, task_vector_part(read(key), theta0[key], spec, i, key,
+                                                                        shapes[key]), key, None))
+                    while len(pending) > threads:  # a bounded number of tensors in flight
+                        pending.popleft().result()
+                while pending:
+                    pending.popleft().result()
+            if consume:
+                model.clear()
+            model = None
+            seen += 1
+        if seen != n:
+            raise UserError(f"the merge expected {n} models but the pool yielded {seen}")
+
+        def finish(key):
+            merge = running[key]
+            undecided = Undecided()
+            undecided.sign_count = merge.sign_count()
+            out = merge.total  # the result overwrites Σ τ̂ (read chunk by chunk before it is written)
+            undecided.add(out, merge.merged_into(out, theta0[key], scaling_factor))
+            running[key] = None  # the other aggregates go now
+            if topk_scope == "tensor":
+                undecided.settle(scaling_factor)
+            return out, undecided
+
+        results = dict(zip(keys, workers.map(finish, keys)))
+    scope = Undecided()  # global scope: the sign count of the whole task vector settles the rest
+    for _, undecided in results.values():
+        scope.items += undecided.items
+        scope.sign_count += undecided.sign_count
+    scope.settle(scaling_factor)
+    del theta0
+    merged = {}
+    for key, value in list(base.items()):
+        if key in results:
+            merged[key] = results.pop(key)[0].reshape(np.shape(value)).astype(dtypes[key], copy=False)
+            if consume:
+                base[key] = merged[key]  # the base's old buffer is released
         else:  # non-float tensors are copied from the base
             merged[key] = np.array(as_numpy(value))
     return merged
@@ -297,4 +428,19 @@ TIES_PARAMS = {
     "topk_scope": TOPK_SCOPE,
 }
 
-register("ties_merging", params={**TIES_PARAMS, "sparsify": SPARSIFY_PARAM})(ties_merging)
+
+def stream_ties_merging(base, models, threshold=20.0, merge_func="sum", scaling_factor=0.3, topk_scope="global",
+                        sparsify=None, consume=False):
+    """ties_merging over a sized iterable of models, one model in memory at a time (CPU only)."""
+    return stream_ties_host(base, models, threshold, merge_func, scaling_factor, topk_scope, sparsify, consume)
+
+
+def stream_on_host(params):
+    """TIES streams on CPU (numpy) unless its sparsifier looks at τ (magnitude / n:m / conflict-aware
+    masks need a whole model beside the base). On other devices the runner holds all the models and
+    the paddle path runs: the streamed form is numpy only."""
+    return on_host() and streams_with(params.get("sparsify"))
+
+
+register("ties_merging", params={**TIES_PARAMS, "sparsify": SPARSIFY_PARAM}, stream=stream_ties_merging,
+         stream_when=stream_on_host)(ties_merging)
