@@ -1,4 +1,6 @@
 """Sparsifiers: magnitude (both scopes), DARE/random statistics and seeds, n:m counts, conflict-aware masks."""
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -184,6 +186,8 @@ def test_kth_smallest_magnitude_over_parts_is_exact(monkeypatch):
         q = 0.2
         assert magnitude_threshold(parts, q) == expected[d - int(d * q) - 1]
         assert magnitude_threshold(parts, 0.0) == float("inf") and magnitude_threshold(parts, 1.0) == float("-inf")
+        with ThreadPoolExecutor(max_workers=2) as workers:  # the counting pass spread over threads
+            assert magnitude_threshold(parts, q, map=workers.map) == expected[d - int(d * q) - 1]
         with monkeypatch.context() as m:  # a bracket that misses: the exact fallback answers
             m.setattr(sparsify, "_bracket_of", lambda sample, k, d: (np.float32(1e9), np.float32(2e9)))
             assert kth_smallest_magnitude(parts, d // 3) == expected[d // 3 - 1]
