@@ -60,6 +60,8 @@ def _update_block(block, update):
 
 def _scale_in_place(buffer, coef):
     """buffer *= coef (on the compute device), block by block."""
+    if np.isscalar(coef) and coef == 1.0:
+        return
     for rows in _row_blocks(buffer):
         part = _block(coef, rows)
         if np.isscalar(part) or np.ndim(part) == 0:
@@ -68,10 +70,12 @@ def _scale_in_place(buffer, coef):
             _update_block(buffer[rows], lambda t: t.multiply_(to_device(part) if isinstance(part, np.ndarray) else part))
 
 
-def _add_in_place(accumulator, value, coef):
+def _add_in_place(accumulator, value, coef=1.0):
     """accumulator += value·coef (on the compute device), block by block."""
+    plain = np.isscalar(coef) and coef == 1.0  # one pass instead of a multiply then an add
     for rows in _row_blocks(accumulator):
-        _update_block(accumulator[rows], lambda t: t.add_(to_device(value[rows]) * _block(coef, rows)))
+        _update_block(accumulator[rows], lambda t: t.add_(
+            to_device(value[rows]) if plain else to_device(value[rows]) * _block(coef, rows)))
 
 
 def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=False):
@@ -86,6 +90,11 @@ def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=F
         raise ValueError("stream_linear: only dare / random masks can stream (check MergeMethod.can_stream)")
     keys = [k for k, v in base.items() if is_floating(v)]
     dtypes = {k: numpy_dtype(base[k]) for k in base}
+    # Every model with the same coefficient c (simple average, task arithmetic): accumulate
+    # (c₀/c)·θ₀ + Σ θ_i and multiply by c once at the end, so each model costs one add pass.
+    common = model_coefs[0] if sparsifier is None and n and len(set(model_coefs)) == 1 and model_coefs[0] else None
+    if common is not None:
+        base_coef, model_coefs = base_coef / common, [1.0] * n
 
     accumulator = {}
     for key in keys:  # accumulator = c₀ ⊙ θ₀, written over the base's buffer
@@ -112,6 +121,9 @@ def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=F
         seen += 1
     if seen != n:
         raise UserError(f"the merge expected {n} models but the pool yielded {seen}")
+    if common is not None and common != 1.0:
+        for buffer in accumulator.values():
+            _scale_in_place(buffer, common)
 
     merged = {}
     for key in base:
