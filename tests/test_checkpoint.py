@@ -444,3 +444,93 @@ def test_lazy_reading_holds_one_array(tmp_path):
 
     assert _traced_peak(read_each) < 1.5 * state["w0"].nbytes  # one 4 MB array at a time, not 32 MB
     assert _traced_peak(lambda: load_numpy_state_dict(tmp_path / "m.pdparams")) > 0.9 * 8 * state["w0"].nbytes
+
+
+# ----------------------------------------------------------------------------- block reads (the fused merge)
+
+def _block_state(seed=1):
+    """Every dtype a checkpoint holds, odd shapes (no block size divides them), 1-D and small arrays,
+    C and Fortran order; above and below the lazy reader's 64 KiB threshold."""
+    rng = np.random.default_rng(seed)
+    return {"emb": rng.standard_normal((301, 67), dtype=np.float32),
+            "fortran": np.asfortranarray(rng.standard_normal((43, 301))),
+            "half": rng.standard_normal(40003).astype(np.float16),
+            "bf16": rng.integers(0, 2**16, (401, 97), dtype=np.uint16),  # paddle's bf16 bits
+            "ids": np.arange(20011, dtype=np.int64),
+            "bias": rng.standard_normal(30011, dtype=np.float32),
+            "small": np.ones(3, np.float32)}
+
+
+def _assemble(sd, key, scratch):
+    """The blocks of sd.iter_blocks(key) put back together, checking their order and dtype."""
+    whole = sd[key]
+    flat = np.empty(whole.size, whole.dtype)
+    expected_start = 0
+    for start, block in sd.iter_blocks(key, scratch):
+        assert start == expected_start and block.ndim == 1 and block.dtype == whole.dtype, key
+        assert 0 < block.nbytes <= max(scratch.nbytes, whole.itemsize), key
+        flat[start:start + block.size] = block
+        expected_start += block.size
+    assert expected_start == whole.size, key
+    return flat, whole
+
+
+@pytest.mark.parametrize("writer", ["ours", "paddle_p4", "paddle_p2", "pickle_p4", "safetensors"])
+@pytest.mark.parametrize("scratch_bytes", [1003, 4096, 1 << 20])
+def test_block_reads_equal_whole_reads(paddle, tmp_path, writer, scratch_bytes):
+    """iter_blocks hands out exactly the elements of a whole read (paddle.load for pickles), in storage
+    order, whatever the block size; big pickled arrays go through the scratch buffer, never whole."""
+    from ppmerge.models.checkpoint import open_state_dict
+    from ppmerge.models.safe_pickle import LazyArray
+
+    state = _block_state()
+    path = tmp_path / ("m.safetensors" if writer == "safetensors" else f"{writer}.pdparams")
+    if writer == "safetensors":
+        save_state_dict(state, path)
+    else:
+        _writers(paddle)[writer](state, path)
+    scratch = np.empty(scratch_bytes, np.uint8)
+    with open_state_dict(path) as sd:
+        if writer != "safetensors":
+            reference = paddle.load(str(path))
+            for key in state:
+                np.testing.assert_array_equal(sd[key], np.asarray(reference[key]), err_msg=key)
+        for key in state:
+            flat, whole = _assemble(sd, key, scratch)
+            np.testing.assert_array_equal(flat, whole.ravel(order=sd.storage_order(key)), err_msg=key)
+            np.testing.assert_array_equal(flat.reshape(whole.shape, order=sd.storage_order(key)), whole, err_msg=key)
+            if isinstance(sd._entries.get(key), LazyArray):  # read through the scratch buffer, not materialised
+                assert all(np.shares_memory(block, scratch) for _, block in sd.iter_blocks(key, scratch)), key
+        if writer in ("ours", "pickle_p4"):
+            assert sd.storage_order("fortran") == "F" and sd.storage_order("emb") == "C"
+            assert isinstance(sd._entries["bf16"], LazyArray) and isinstance(sd._entries["half"], LazyArray)
+
+
+def test_block_reads_interleave_and_detect_truncation(tmp_path):
+    """Block reads use their own file offsets (other reads may come in between); a file cut after it
+    was opened is a CheckpointError naming it, not short data."""
+    from ppmerge.models.checkpoint import open_state_dict
+
+    state = _block_state()
+    path = tmp_path / "m.pdparams"
+    save_state_dict(state, path)
+    scratch_a, scratch_b = np.empty(5000, np.uint8), np.empty(7000, np.uint8)
+    with open_state_dict(path) as sd:
+        a, b = sd.iter_blocks("emb", scratch_a), sd.iter_blocks("bias", scratch_b)
+        got_a, got_b = [], []
+        for (_, block_a), (_, block_b) in zip(a, b):
+            np.testing.assert_array_equal(sd["half"], state["half"])  # a whole read in between
+            got_a.append(block_a.copy())
+            got_b.append(block_b.copy())
+        got_a += [block.copy() for _, block in a]
+        got_b += [block.copy() for _, block in b]
+        np.testing.assert_array_equal(np.concatenate(got_a), state["emb"].ravel())
+        np.testing.assert_array_equal(np.concatenate(got_b), state["bias"])
+        with pytest.raises(KeyError):
+            next(sd.iter_blocks("nothere", scratch_a))
+        with pytest.raises(ValueError, match="cannot hold one float64"):
+            next(sd.iter_blocks("fortran", np.empty(7, np.uint8)))
+        os.truncate(path, os.path.getsize(path) // 2)
+        with pytest.raises(CheckpointError, match="m.pdparams: truncated file"):
+            for _ in sd.iter_blocks("bias", scratch_a):
+                pass

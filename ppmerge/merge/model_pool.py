@@ -32,7 +32,8 @@ def _load(path, what):
 def _all_finite(value):
     # A sum is NaN / Inf when an entry is, and needs no temporary (isfinite(value) is a bool array the
     # size of the tensor); only a non-finite sum (maybe a mere overflow) is checked entry by entry.
-    total = value.sum(dtype=np.promote_types(value.dtype, np.float32))
+    with np.errstate(over="ignore"):
+        total = value.sum(dtype=np.promote_types(value.dtype, np.float32))
     return bool(np.isfinite(total)) or bool(np.isfinite(value).all())
 
 
@@ -40,8 +41,12 @@ def _check_finite(state_dict, name, path):
     for key, value in state_dict.items():
         value = np.asarray(value)
         if np.issubdtype(value.dtype, np.floating) and not _all_finite(value):
-            bad = "NaN" if np.isnan(value).any() else "Inf"
-            raise CheckpointError(f"model {name} ({path}): key {key!r} contains {bad} values")
+            _raise_not_finite(value, name, path, key)
+
+
+def _raise_not_finite(value, name, path, key):
+    bad = "NaN" if np.isnan(value).any() else "Inf"
+    raise CheckpointError(f"model {name} ({path}): key {key!r} contains {bad} values")
 
 
 def _shapes(backbone):
@@ -98,6 +103,19 @@ class StreamedBackbone(Mapping):
         value = self[key]
         del self.shapes[key]
         return value
+
+    def storage_order(self, key):
+        return self.lazy.storage_order(key)
+
+    def iter_blocks(self, key, scratch):
+        """`LazyStateDict.iter_blocks`, each block checked for NaN / Inf while it is in cache: a bad
+        value is reported (model and key) before the merge result is used, let alone written."""
+        if key not in self.shapes:
+            raise KeyError(key)
+        for start, block in self.lazy.iter_blocks(key, scratch):
+            if np.issubdtype(block.dtype, np.floating) and not _all_finite(block):
+                _raise_not_finite(block, self.name, self.lazy.path, key)
+            yield start, block
 
     def clear(self):
         self.shapes.clear()

@@ -17,6 +17,7 @@ tensor `acc + θ_i·c` would make two temporaries the size of the largest tensor
 import numpy as np
 
 from ppmerge.errors import UserError
+from ppmerge.models.checkpoint import to_float32
 from ppmerge.merge.tensor_ops import as_numpy, is_floating, numpy_dtype, to_device, to_host
 
 
@@ -78,6 +79,78 @@ def _add_in_place(accumulator, value, coef=1.0):
             to_device(value[rows]) if plain else to_device(value[rows]) * _block(coef, rows)))
 
 
+SCRATCH_BYTES = 4 << 20  # the fused read + add works on blocks this size: they stay in cache
+
+
+class _Scratch:
+    """Reusable buffers of the fused path: the file's bytes, and (made when first needed) a float32
+    block for products and fp16 / bf16 values."""
+
+    def __init__(self, nbytes):
+        self.raw = np.empty(nbytes, dtype=np.uint8)
+        self._float32 = np.empty(0, dtype=np.float32)
+
+    def float32(self, size):
+        if self._float32.size < size:
+            self._float32 = np.empty(size, dtype=np.float32)
+        return self._float32[:size]
+
+    def as_float32(self, block):
+        """block as float32 values: float32 blocks as they are, fp16 cast, uint16 decoded as bf16 bits."""
+        if block.dtype == np.float32:
+            return block
+        out = self.float32(block.size)
+        if block.dtype == np.uint16:  # paddle's bf16 convention: the high half of a float32
+            bits = out.view(np.uint32)
+            np.copyto(bits, block)
+            np.left_shift(bits, 16, out=bits)
+            return out
+        np.copyto(out, block, casting="same_kind")
+        return out
+
+
+def _flat(array, order):
+    """array's elements in `order` as a flat view (None when that would need a copy)."""
+    if array.flags.c_contiguous if order == "C" else array.flags.f_contiguous:
+        return array.reshape(-1, order=order)
+    return None
+
+
+def _fused_add(accumulator, model, key, coef, scratch, then_scale=None):
+    """accumulator += model[key]·coef (then ·then_scale), reading the tensor from its file block by block
+    into the scratch buffer and adding each block while it is in cache: no copy of the tensor is made
+    and it is read from memory once. False (nothing done) when the accumulator's layout does not match
+    the file's. Float32 numpy ops round exactly as the paddle ops of `_add_in_place` do."""
+    order = model.storage_order(key)
+    flat = _flat(accumulator, order)
+    if flat is None:
+        return False
+    plain = np.isscalar(coef) and coef == 1.0
+    per_entry = None if np.isscalar(coef) or np.ndim(coef) == 0 else np.asarray(coef).reshape(-1, order=order)
+    for start, block in model.iter_blocks(key, scratch.raw):
+        out = flat[start:start + block.size]
+        if not plain:
+            part = coef if per_entry is None else per_entry[start:start + block.size]
+            value = scratch.as_float32(block)
+            if value is block:  # float32 from the file: the product goes to the float32 scratch
+                value = np.multiply(block, part, out=scratch.float32(block.size))
+            else:
+                np.multiply(value, part, out=value)
+        elif block.dtype == np.uint16:
+            value = scratch.as_float32(block)
+        else:
+            value = block  # float32, or fp16 (cast exactly inside the ufunc)
+        np.add(out, value, out=out)
+        if then_scale is not None:
+            np.multiply(out, then_scale, out=out)
+    return True
+
+
+def _as_float_values(value):
+    """bf16 tensors (uint16 bits) decoded, so that they are added as the numbers they stand for."""
+    return to_float32(value) if isinstance(value, np.ndarray) and value.dtype == np.uint16 else value
+
+
 def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=False):
     """θ = base_coef·θ₀ + Σ_i model_coefs[i]·θ_i over the iterable `models` (len(models) == len(model_coefs))."""
     from ppmerge.merge.sparsify import Sparsifier
@@ -105,25 +178,32 @@ def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=F
         _scale_in_place(buffer, coef)
         accumulator[key] = buffer
 
+    # The common factor is applied with the last model's add, while each block is in cache.
+    final_scale = common if common is not None and common != 1.0 else None
+    scratch = _Scratch(min(SCRATCH_BYTES, max([accumulator[k].nbytes for k in keys], default=0)) or 1)
     iterator, seen = iter(models), 0
     for i in range(n):
         model = next(iterator, None)
         if model is None:
             break
+        last = i == n - 1
         for key in keys:
-            value = model.pop(key) if consume else model[key]
-            coef = model_coefs[i] if sparsifier is None else model_coefs[i] * sparsifier.keep_scale(i, key, value.shape)
-            _add_in_place(accumulator[key], value, coef)
-            del value, coef
+            buffer = accumulator[key]
+            coef = model_coefs[i] if sparsifier is None else model_coefs[i] * sparsifier.keep_scale(i, key, buffer.shape)
+            then_scale = final_scale if last else None
+            if not (hasattr(model, "iter_blocks") and _fused_add(buffer, model, key, coef, scratch, then_scale)):
+                value = _as_float_values(model.pop(key) if consume else model[key])
+                _add_in_place(buffer, value, coef)
+                del value
+                if then_scale is not None:
+                    _scale_in_place(buffer, then_scale)
+            del coef
         if consume:
             model.clear()
         model = None
         seen += 1
     if seen != n:
         raise UserError(f"the merge expected {n} models but the pool yielded {seen}")
-    if common is not None and common != 1.0:
-        for buffer in accumulator.values():
-            _scale_in_place(buffer, common)
 
     merged = {}
     for key in base:

@@ -70,6 +70,7 @@ class LazyStateDict(Mapping):
             self._pickle = LazyPickle(self.path)
             entries = _check_state_dict(self._pickle.obj, self.path)
             self._read = lambda key: self._pickle.materialize(entries[key])
+            self._entries = entries
             self.shapes = {key: tuple(value.shape) for key, value in entries.items()}
             self._close = self._pickle.close
 
@@ -89,6 +90,7 @@ class LazyStateDict(Mapping):
                 return load_numpy_state_dict(self.path)[key]
 
         self._read = read
+        self._entries = {}
         self._close = lambda: handle.__exit__(None, None, None)
 
     def __getitem__(self, key):
@@ -109,6 +111,32 @@ class LazyStateDict(Mapping):
         value = self[key]
         del self.shapes[key]
         return value
+
+    def storage_order(self, key):
+        """'C' or 'F': the element order of `iter_blocks(key, ...)` (how the tensor lies in the file)."""
+        entry = self._entries.get(key)
+        if isinstance(entry, LazyArray):
+            return entry.order
+        return "C"  # safetensors, small pickled arrays: see iter_blocks
+
+    def iter_blocks(self, key, scratch):
+        """Yield (start, block): the tensor's elements in `storage_order(key)`, block by block; `block`
+        holds flat elements start .. start + len(block) and is valid until the next one is asked for.
+
+        A big `.pdparams` array is read from the file straight into `scratch` (a uint8 array, reused),
+        so the tensor is never materialised. Other tensors (safetensors: `safe_open` gives whole
+        tensors; small arrays stored inside pickle frames) are read whole and handed out in slices."""
+        if key not in self.shapes:
+            raise KeyError(key)
+        entry = self._entries.get(key)
+        if isinstance(entry, LazyArray):
+            yield from self._pickle.read_blocks(entry, scratch)
+            return
+        array = np.asarray(self._read(key))
+        flat = array.ravel(order=self.storage_order(key))
+        step = max(1, scratch.nbytes // max(1, array.itemsize))
+        for start in range(0, flat.size, step):
+            yield start, flat[start:start + step]
 
     def close(self):
         self._close()

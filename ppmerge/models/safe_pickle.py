@@ -298,6 +298,27 @@ class LazyPickle:
             done += n
         return buffer.view(lazy.dtype).reshape(lazy.shape, order=lazy.order)
 
+    def read_blocks(self, lazy, scratch):
+        """The array's elements in storage order (C or `lazy.order`), in consecutive blocks read into
+        `scratch` (a uint8 array, reused: each block is a view of it, valid until the next one).
+        Yields (start, block): `block` holds elements start .. start + len(block) of the flat array.
+        A fused merge adds each block while it is in cache instead of materialising the tensor."""
+        itemsize = lazy.dtype.itemsize
+        step = (scratch.nbytes // itemsize) * itemsize
+        if step == 0:
+            raise ValueError(f"read_blocks: a scratch buffer of {scratch.nbytes} bytes cannot hold one {lazy.dtype} element")
+        fd, done = self.file.fileno(), 0
+        while done < lazy.nbytes:
+            size = min(step, lazy.nbytes - done)
+            view, got = memoryview(scratch)[:size], 0
+            while got < size:  # pread: no shared file position, so other reads may come in between
+                n = os.preadv(fd, [view[got:]], lazy.offset + done + got)
+                if not n:
+                    raise CheckpointError(f"{self.path}: truncated file (an array's data ends past the end of the file)")
+                got += n
+            yield done // itemsize, scratch[:size].view(lazy.dtype)
+            done += size
+
     def materialize(self, value):
         return self.read(value) if isinstance(value, LazyArray) else value
 
