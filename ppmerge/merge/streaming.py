@@ -14,6 +14,10 @@ The arithmetic runs on blocks of rows (≤ BLOCK_BYTES each), in place in the ac
 tensor `acc + θ_i·c` would make two temporaries the size of the largest tensor (the embedding,
 0.15× a GPT-2-medium model each; paddle's allocator keeps them), measured in the streamed merges' peak.
 """
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
 import numpy as np
 
 from ppmerge.errors import UserError
@@ -80,6 +84,7 @@ def _add_in_place(accumulator, value, coef=1.0):
 
 
 SCRATCH_BYTES = 4 << 20  # the fused read + add works on blocks this size: they stay in cache
+THREADS = None  # fused-add workers; None: one per usable core
 
 
 class _Scratch:
@@ -116,15 +121,18 @@ def _flat(array, order):
     return None
 
 
+def _can_fuse(model, key, accumulator):
+    """The model reads in blocks, in an element order the accumulator has as a flat view."""
+    return hasattr(model, "iter_blocks") and _flat(accumulator, model.storage_order(key)) is not None
+
+
 def _fused_add(accumulator, model, key, coef, scratch, then_scale=None):
     """accumulator += model[key]·coef (then ·then_scale), reading the tensor from its file block by block
     into the scratch buffer and adding each block while it is in cache: no copy of the tensor is made
-    and it is read from memory once. False (nothing done) when the accumulator's layout does not match
-    the file's. Float32 numpy ops round exactly as the paddle ops of `_add_in_place` do."""
+    and it is read from memory once (`_can_fuse` must hold). Float32 numpy ops round exactly as the
+    paddle ops of `_add_in_place` do."""
     order = model.storage_order(key)
     flat = _flat(accumulator, order)
-    if flat is None:
-        return False
     plain = np.isscalar(coef) and coef == 1.0
     per_entry = None if np.isscalar(coef) or np.ndim(coef) == 0 else np.asarray(coef).reshape(-1, order=order)
     for start, block in model.iter_blocks(key, scratch.raw):
@@ -143,7 +151,54 @@ def _fused_add(accumulator, model, key, coef, scratch, then_scale=None):
         np.add(out, value, out=out)
         if then_scale is not None:
             np.multiply(out, then_scale, out=out)
-    return True
+
+
+def _threads():
+    """One worker per core this process may use (numpy's ufuncs and pread release the GIL)."""
+    if THREADS:
+        return THREADS
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _FusedWorkers:
+    """Runs the fused adds of one model's tensors on a few threads, each with its own scratch buffers.
+    Tensors are handed out largest first (so the embedding does not finish last); the first failing
+    tensor in key order is the error raised, as a sequential loop would raise it."""
+
+    def __init__(self, scratch_bytes, threads):
+        self.scratch_bytes, self.threads = scratch_bytes, threads
+        self.local = threading.local()
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fused-merge") if threads > 1 else None
+
+    def _scratch(self):
+        if getattr(self.local, "scratch", None) is None:
+            self.local.scratch = _Scratch(self.scratch_bytes)
+        return self.local.scratch
+
+    def run(self, keys, work, size):
+        if self.pool is None:
+            for key in keys:
+                work(key, self._scratch())
+            return
+        futures = {key: self.pool.submit(lambda k=key: work(k, self._scratch()))
+                   for key in sorted(keys, key=size, reverse=True)}
+        try:
+            for key in keys:
+                futures[key].result()
+        finally:
+            for future in futures.values():
+                future.cancel()
+            wait(list(futures.values()))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
 
 def _as_float_values(value):
@@ -180,28 +235,36 @@ def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=F
 
     # The common factor is applied with the last model's add, while each block is in cache.
     final_scale = common if common is not None and common != 1.0 else None
-    scratch = _Scratch(min(SCRATCH_BYTES, max([accumulator[k].nbytes for k in keys], default=0)) or 1)
-    iterator, seen = iter(models), 0
-    for i in range(n):
-        model = next(iterator, None)
-        if model is None:
-            break
-        last = i == n - 1
-        for key in keys:
-            buffer = accumulator[key]
-            coef = model_coefs[i] if sparsifier is None else model_coefs[i] * sparsifier.keep_scale(i, key, buffer.shape)
-            then_scale = final_scale if last else None
-            if not (hasattr(model, "iter_blocks") and _fused_add(buffer, model, key, coef, scratch, then_scale)):
+    largest = max([accumulator[k].nbytes for k in keys], default=0)  # small models: blocks well below a tensor
+    scratch_bytes = max(1, min(SCRATCH_BYTES, max(largest // 8, 64 << 10), largest))
+    # DARE's per-entry coefficients are whole-tensor masks: one thread, so that one is alive at a time.
+    with _FusedWorkers(scratch_bytes, _threads() if sparsifier is None else 1) as workers:
+        iterator, seen = iter(models), 0
+        for i in range(n):
+            model = next(iterator, None)
+            if model is None:
+                break
+            then_scale = final_scale if i == n - 1 else None
+
+            def coef_of(key, i=i):
+                if sparsifier is None:
+                    return model_coefs[i]
+                return model_coefs[i] * sparsifier.keep_scale(i, key, accumulator[key].shape)
+
+            fused = [k for k in keys if _can_fuse(model, k, accumulator[k])]
+            whole = [k for k in keys if k not in set(fused)]
+            for key in whole:  # whole tensors (dict models, layouts that differ, ...)
                 value = _as_float_values(model.pop(key) if consume else model[key])
-                _add_in_place(buffer, value, coef)
+                _add_in_place(accumulator[key], value, coef_of(key))
                 del value
                 if then_scale is not None:
-                    _scale_in_place(buffer, then_scale)
-            del coef
-        if consume:
-            model.clear()
-        model = None
-        seen += 1
+                    _scale_in_place(accumulator[key], then_scale)
+            workers.run(fused, lambda key, scratch: _fused_add(accumulator[key], model, key, coef_of(key), scratch,
+                                                              then_scale), size=lambda key: accumulator[key].nbytes)
+            if consume:
+                model.clear()
+            model = None
+            seen += 1
     if seen != n:
         raise UserError(f"the merge expected {n} models but the pool yielded {seen}")
 
