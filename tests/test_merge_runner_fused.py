@@ -106,8 +106,11 @@ def _numpy_linear(base, models, base_coef, coefs):
     return out
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16, "bf16"])
-def test_fused_merges_equal_numpy_formula_exactly(tmp_path, small_scratch, dtype):
+@pytest.mark.parametrize("dtype,threads", [(np.float32, 1), (np.float32, 3), (np.float16, None), ("bf16", None)])
+def test_fused_merges_equal_numpy_formula_exactly(tmp_path, small_scratch, monkeypatch, dtype, threads):
+    from ppmerge.merge import streaming
+
+    monkeypatch.setattr(streaming, "THREADS", threads)
     paths, base, models = _write_pool(tmp_path, dtype)
     ordered = [models[t] for t in TASKS]
     cases = [("simple_average", {}, 0.0, [1 / 3] * 3),
@@ -198,3 +201,24 @@ def test_finite_sum_overflow_is_not_a_false_alarm(tmp_path, small_scratch):
     merged = METHODS["simple_average"].stream(pool.base, _Sized(pool), consume=True)
     expected = _numpy_linear(base, [models[t] for t in TASKS], 0.0, [1 / 3] * 3)
     np.testing.assert_array_equal(merged["gpt.decoder.layers.0.linear1.bias"], expected["gpt.decoder.layers.0.linear1.bias"])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_first_bad_key_in_key_order_is_named_whatever_the_threads(tmp_path, small_scratch, monkeypatch, threads):
+    """Two bad tensors in one model: the one a sequential loop meets first is named, even though the
+    workers take the (larger) later one first."""
+    from ppmerge.merge import METHODS, streaming
+
+    monkeypatch.setattr(streaming, "THREADS", threads)
+    paths, _, _ = _write_pool(tmp_path, nan_at=("MNLI", "gpt.decoder.layers.0.linear1.bias", -1, np.nan))
+    from ppmerge.models.checkpoint import load_numpy_state_dict, save_state_dict
+
+    sd = load_numpy_state_dict(paths["MNLI"])
+    sd[FORTRAN][-1, -1] = np.inf  # larger than linear1.bias and later in key order: handed out before it
+    save_state_dict(sd, paths["MNLI"])
+    keys = list(SHAPES)
+    assert keys.index("gpt.decoder.layers.0.linear1.bias") < keys.index(FORTRAN)
+    assert np.prod(SHAPES[FORTRAN]) > np.prod(SHAPES["gpt.decoder.layers.0.linear1.bias"])
+    pool = _pool(paths)
+    with pytest.raises(CheckpointError, match="model MNLI .*'gpt.decoder.layers.0.linear1.bias' contains NaN"):
+        METHODS["simple_average"].stream(pool.base, _Sized(pool), consume=True)
