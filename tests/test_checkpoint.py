@@ -534,3 +534,28 @@ def test_block_reads_interleave_and_detect_truncation(tmp_path):
         with pytest.raises(CheckpointError, match="m.pdparams: truncated file"):
             for _ in sd.iter_blocks("bias", scratch_a):
                 pass
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_read_all_equals_whole_file_read(paddle, tmp_path, threads):
+    """read_all (readers side by side, largest first) gives what paddle.load gives, keys in file order;
+    a failing check is raised for the first failing key in file order, not the first to fail in time."""
+    from ppmerge.models.checkpoint import open_state_dict
+
+    state = _block_state()
+    path = tmp_path / "m.pdparams"
+    save_state_dict(state, path)
+    reference = paddle.load(str(path))
+    with open_state_dict(path) as sd:
+        got = sd.read_all(threads=threads)
+        assert list(got) == list(state)
+        for key, value in got.items():
+            assert value.dtype == state[key].dtype and value.flags.writeable, key
+            np.testing.assert_array_equal(value, np.asarray(reference[key]), err_msg=key)
+
+        def refuse(key, value):
+            if key in ("half", "emb", "bf16"):  # emb first in file order; bf16 / half are read before it
+                raise CheckpointError(f"bad {key}")
+
+        with pytest.raises(CheckpointError, match="bad emb"):
+            sd.read_all(threads=threads, check=refuse)

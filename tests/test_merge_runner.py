@@ -115,8 +115,9 @@ def test_sweep_loads_once_marks_best_and_saves_it(pool, glue_suite, tmp_path, mo
 
     paths, sds = pool
     calls = []
-    original = checkpoint.load_numpy_state_dict
-    monkeypatch.setattr(checkpoint, "load_numpy_state_dict", lambda p: calls.append(p) or original(p))
+    original = checkpoint.LazyStateDict.read_all  # how the pool reads a whole model
+    monkeypatch.setattr(checkpoint.LazyStateDict, "read_all",
+                        lambda self, *a, **k: calls.append(self.path) or original(self, *a, **k))
     out = str(tmp_path / "out")
     raw = raw_config(paths, glue_suite["glue"], out, method="task_arithmetic")
     raw["Sweep"] = {"grid": {"Merge.scaling_factor": [0.0, 0.5, 1.0]}}

@@ -21,12 +21,14 @@ from ppmerge.errors import CheckpointError, ConfigError
 DEFAULT_HEAD_KEYS = r"^score\."
 
 
-def _load(path, what):
-    from ppmerge.models.checkpoint import load_numpy_state_dict
+def _load(path, what, name):
+    """A whole model file, read tensor by tensor on every core and checked for NaN / Inf as read."""
+    from ppmerge.models.checkpoint import open_state_dict
 
     if not os.path.exists(path):
         raise CheckpointError(f"ModelPool.{what}: model file {path!r} does not exist")
-    return load_numpy_state_dict(path)
+    with open_state_dict(path) as lazy:
+        return lazy.read_all(check=lambda key, value: _check_finite({key: value}, name, path))
 
 
 def _all_finite(value):
@@ -169,8 +171,7 @@ class ModelPool:
     def base(self):
         """The pretrained backbone (its head, if any, is dropped: heads come from the fine-tuned models)."""
         if self._base is None:
-            state_dict = _load(self.base_path, "base")
-            _check_finite(state_dict, "base", self.base_path)
+            state_dict = _load(self.base_path, "base", "base")
             self._base, _ = self.split(state_dict)
             if not self._base:
                 raise CheckpointError(f"ModelPool.base ({self.base_path}): no backbone keys "
@@ -184,8 +185,7 @@ class ModelPool:
     def load(self, task):
         """Load one fine-tuned model: check it, keep its head, return its backbone."""
         path = self.paths[task]
-        state_dict = _load(path, f"models.{task}")
-        _check_finite(state_dict, task, path)
+        state_dict = _load(path, f"models.{task}", task)
         backbone, head = self.split(state_dict)
         return self._checked(task, backbone, head)
 

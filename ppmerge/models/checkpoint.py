@@ -112,6 +112,34 @@ class LazyStateDict(Mapping):
         del self.shapes[key]
         return value
 
+    def read_all(self, threads=None, check=None):
+        """Every tensor read into its own buffer, as `load_numpy_state_dict` gives them, by `threads`
+        readers side by side (default: one per core; largest tensors first). Filling fresh memory is
+        page-fault bound, so two cores read a model ~2x faster than one. `check(key, value)` runs in the
+        reader thread right after each read; its exception is raised for the first failing key in
+        file order. Keys stay in file order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        keys = list(self.shapes)
+        threads = threads or _usable_cores()
+
+        def read(key):
+            value = self[key]
+            if check is not None:
+                check(key, value)
+            return value
+
+        if threads <= 1 or len(keys) <= 1:
+            return {key: read(key) for key in keys}
+        by_size = sorted(keys, key=lambda k: -int(np.prod(self.shapes[k], dtype=np.int64)))
+        with ThreadPoolExecutor(threads, thread_name_prefix="read-state-dict") as pool:
+            futures = {key: pool.submit(read, key) for key in by_size}
+            try:
+                return {key: futures[key].result() for key in keys}
+            finally:
+                for future in futures.values():
+                    future.cancel()
+
     def storage_order(self, key):
         """'C' or 'F': the element order of `iter_blocks(key, ...)` (how the tensor lies in the file)."""
         entry = self._entries.get(key)
@@ -146,6 +174,13 @@ class LazyStateDict(Mapping):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _usable_cores():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def open_state_dict(path):

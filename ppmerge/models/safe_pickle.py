@@ -289,10 +289,9 @@ class LazyPickle:
     def read(self, lazy):
         """The array's bytes read straight into its own (writeable) buffer."""
         buffer = np.empty(lazy.nbytes, dtype=np.uint8)
-        self.file.seek(lazy.offset)
-        view, done = memoryview(buffer), 0
-        while done < lazy.nbytes:
-            n = self.file.readinto(view[done:])
+        fd, view, done = self.file.fileno(), memoryview(buffer), 0
+        while done < lazy.nbytes:  # pread: no shared file position, so threads may read side by side
+            n = os.preadv(fd, [view[done:]], lazy.offset + done)
             if not n:
                 raise CheckpointError(f"{self.path}: truncated file (an array's data ends past the end of the file)")
             done += n
