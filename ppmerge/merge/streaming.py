@@ -83,7 +83,7 @@ def _add_in_place(accumulator, value, coef=1.0):
             to_device(value[rows]) if plain else to_device(value[rows]) * _block(coef, rows)))
 
 
-SCRATCH_BYTES = 4 << 20  # the fused read + add works on blocks this size: they stay in cache
+SCRATCH_BYTES = 2 << 20  # the fused read + add works on blocks this size: they stay in cache (2-4 MB fastest here)
 THREADS = None  # fused-add workers; None: one per usable core
 
 
