@@ -48,18 +48,6 @@ def _write_pool(folder, dtype=np.float32, nan_at=None):
     return paths, base, models
 
 
-class _Sized:
-    def __init__(self, pool):
-        self.pool = pool
-
-    def __len__(self):
-        return len(self.pool.tasks)
-
-    def __iter__(self):
-        for _, backbone in self.pool.stream():
-            yield backbone
-
-
 def _pool(paths):
     from ppmerge.merge.model_pool import ModelPool
 
@@ -80,7 +68,7 @@ def _merge(method, paths, fused, **params):
 
     pool = _pool(paths)
     if fused:
-        models = _Sized(pool)
+        models = pool.sized_stream()
         assert all(isinstance(b, StreamedBackbone) for _, b in pool.stream())
     else:
         models = [dict(pool.load(t)) for t in TASKS]
@@ -163,7 +151,7 @@ def test_fused_merge_reads_blocks_never_whole_tensors(tmp_path, small_scratch, m
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
-        merged = METHODS["task_arithmetic"].stream(pool.base, _Sized(pool), consume=True, scaling_factor=0.3)
+        merged = METHODS["task_arithmetic"].stream(pool.base, pool.sized_stream(), consume=True, scaling_factor=0.3)
         peak = tracemalloc.get_traced_memory()[1] - start
     finally:
         tracemalloc.stop()
@@ -189,7 +177,7 @@ def test_fused_merge_names_nan_inf_in_any_block(tmp_path, small_scratch, nan_at,
     kind = "NaN" if np.isnan(bad) else "Inf"
     pool = _pool(paths)
     with pytest.raises(CheckpointError, match=f"model {task} .*{task}.pdparams.*'{key}' contains {kind}"):
-        METHODS["simple_average"].stream(pool.base, _Sized(pool), consume=True)
+        METHODS["simple_average"].stream(pool.base, pool.sized_stream(), consume=True)
 
 
 def test_finite_sum_overflow_is_not_a_false_alarm(tmp_path, small_scratch):
@@ -198,7 +186,7 @@ def test_finite_sum_overflow_is_not_a_false_alarm(tmp_path, small_scratch):
 
     paths, base, models = _write_pool(tmp_path, nan_at=("MNLI", "gpt.decoder.layers.0.linear1.bias", slice(0, 400), 3e38))
     pool = _pool(paths)
-    merged = METHODS["simple_average"].stream(pool.base, _Sized(pool), consume=True)
+    merged = METHODS["simple_average"].stream(pool.base, pool.sized_stream(), consume=True)
     expected = _numpy_linear(base, [models[t] for t in TASKS], 0.0, [1 / 3] * 3)
     np.testing.assert_array_equal(merged["gpt.decoder.layers.0.linear1.bias"], expected["gpt.decoder.layers.0.linear1.bias"])
 
@@ -221,4 +209,4 @@ def test_first_bad_key_in_key_order_is_named_whatever_the_threads(tmp_path, smal
     assert np.prod(SHAPES[FORTRAN]) > np.prod(SHAPES["gpt.decoder.layers.0.linear1.bias"])
     pool = _pool(paths)
     with pytest.raises(CheckpointError, match="model MNLI .*'gpt.decoder.layers.0.linear1.bias' contains NaN"):
-        METHODS["simple_average"].stream(pool.base, _Sized(pool), consume=True)
+        METHODS["simple_average"].stream(pool.base, pool.sized_stream(), consume=True)

@@ -33,18 +33,6 @@ def _write_pool(folder, nan_in=None):
     return paths, base, models
 
 
-class _Sized:
-    def __init__(self, pool):
-        self.pool = pool
-
-    def __len__(self):
-        return len(self.pool.tasks)
-
-    def __iter__(self):
-        for _, backbone in self.pool.stream():
-            yield backbone
-
-
 def _pool(paths):
     from ppmerge.merge.model_pool import ModelPool
 
@@ -66,7 +54,7 @@ def test_streamed_task_arithmetic_holds_one_tensor_not_a_model(tmp_path):
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
-        merged = METHODS["task_arithmetic"].stream(pool.base, _Sized(pool), consume=True, scaling_factor=0.3)
+        merged = METHODS["task_arithmetic"].stream(pool.base, pool.sized_stream(), consume=True, scaling_factor=0.3)
         peak = tracemalloc.get_traced_memory()[1] - start
     finally:
         tracemalloc.stop()
@@ -84,7 +72,7 @@ def test_streamed_models_are_checked_as_read(tmp_path):
     paths, _, _ = _write_pool(tmp_path, nan_in="MNLI")
     pool = _pool(paths)
     with pytest.raises(CheckpointError, match="model MNLI .*'gpt.decoder.layers.2.linear1.weight' contains NaN"):
-        METHODS["simple_average"].stream(pool.base, _Sized(pool), consume=True)
+        METHODS["simple_average"].stream(pool.base, pool.sized_stream(), consume=True)
 
 
 def test_block_updates_also_copy_back_when_not_zero_copy():

@@ -128,6 +128,21 @@ class StreamedBackbone(Mapping):
         self.shapes.clear()
 
 
+class _SizedStream:
+    def __init__(self, pool, after_each):
+        self.pool, self.after_each = pool, after_each
+
+    def __len__(self):
+        return len(self.pool.tasks)
+
+    def __iter__(self):
+        for _, backbone in self.pool.stream():
+            yield backbone
+            del backbone  # not alive while the next model is opened
+            if self.after_each is not None:
+                self.after_each()
+
+
 class ModelPool:
     """base: path of the pretrained model; models: {task name: path}; head_keys: regex of head keys."""
 
@@ -229,6 +244,11 @@ class ModelPool:
                 raise CheckpointError(f"ModelPool.models.{task}: model file {path!r} does not exist")
             with open_state_dict(path) as lazy:
                 yield task, self._open(task, lazy)
+
+    def sized_stream(self, after_each=None):
+        """The backbones of `stream()` as an iterable with len() (streaming methods need the count up
+        front); `after_each()` runs once a model is done with (e.g. a progress bar's update)."""
+        return _SizedStream(self, after_each)
 
     def load_heads(self):
         """Every task's head (loads each model once if the heads are not known yet)."""

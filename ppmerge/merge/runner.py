@@ -68,22 +68,6 @@ def merged_state_dict(backbone, heads):
     return state_dict
 
 
-class _SizedStream:
-    """The pool's models one at a time, with len() (the streaming methods need the count up front)."""
-
-    def __init__(self, pool, bar):
-        self.pool, self.bar = pool, bar
-
-    def __len__(self):
-        return len(self.pool.tasks)
-
-    def __iter__(self):
-        for _, backbone in self.pool.stream():
-            yield backbone
-            del backbone  # not alive while the next model is opened
-            self.bar.update(1)
-
-
 class _Merger:
     """Runs one method on the pool, in the right form: streamed, all in memory, or with data."""
 
@@ -105,7 +89,7 @@ class _Merger:
                       disable=not self.progress, dynamic_ncols=True) as bar:
                 base = pool.base
                 layout = {k: _Layout(np.shape(v), np.asarray(v).dtype) for k, v in base.items()}
-                merged = self.method.stream(base, _SizedStream(pool, bar), consume=self.consume, **params)
+                merged = self.method.stream(base, pool.sized_stream(lambda: bar.update(1)), consume=self.consume, **params)
                 if self.consume:
                     pool.forget_base()
             return _to_numpy_backbone(merged, layout)
