@@ -12,11 +12,11 @@ Both fill `heads` as a side effect. Arrays are numpy; the merge methods move the
 """
 import os
 import re
-from collections.abc import Mapping
 
 import numpy as np
 
 from ppmerge.errors import CheckpointError, ConfigError
+from ppmerge.models.checkpoint import TensorsOnDemand
 
 DEFAULT_HEAD_KEYS = r"^score\."
 
@@ -81,7 +81,7 @@ def compare_backbones(reference, other, ref_name, other_name, limit=3):
     return "; ".join(problems[:limit]) + more
 
 
-class StreamedBackbone(Mapping):
+class StreamedBackbone(TensorsOnDemand):
     """A fine-tuned model's backbone read tensor by tensor from its open file (a `LazyStateDict`):
     `bb[key]` reads the tensor (and checks it for NaN / Inf), nothing is kept; `pop(key)` also drops
     the key, `clear()` all of them (what a consuming merge calls)."""
@@ -90,25 +90,9 @@ class StreamedBackbone(Mapping):
         self.lazy, self.name = lazy, name
         self.shapes = {key: lazy.shapes[key] for key in keys}
 
-    def __getitem__(self, key):
-        if key not in self.shapes:
-            raise KeyError(key)
+    def read_tensor(self, key):
         value = self.lazy[key]
         _check_finite({key: value}, self.name, self.lazy.path)
-        return value
-
-    def __contains__(self, key):
-        return key in self.shapes
-
-    def __iter__(self):
-        return iter(self.shapes)
-
-    def __len__(self):
-        return len(self.shapes)
-
-    def pop(self, key):
-        value = self[key]
-        del self.shapes[key]
         return value
 
     def storage_order(self, key):

@@ -206,6 +206,21 @@ def _as_float_values(value):
     return to_float32(value) if isinstance(value, np.ndarray) and value.dtype == np.uint16 else value
 
 
+def each_model(models, n, consume):
+    """(i, model) for the n models of a sized stream, one at a time: once the caller is done with a
+    model, a consuming merge's model is cleared before the next one is opened. A pool that yields
+    fewer than n models is a UserError."""
+    iterator = iter(models)
+    for i in range(n):
+        model = next(iterator, None)
+        if model is None:
+            raise UserError(f"the merge expected {n} models but the pool yielded {i}")
+        yield i, model
+        if consume:
+            model.clear()
+        del model
+
+
 def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=False):
     """θ = base_coef·θ₀ + Σ_i model_coefs[i]·θ_i over the iterable `models` (len(models) == len(model_coefs))."""
     from ppmerge.merge.sparsify import Sparsifier
@@ -239,11 +254,7 @@ def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=F
     scratch_bytes = max(1, min(SCRATCH_BYTES, max(largest // 8, 64 << 10), largest))
     # DARE's per-entry coefficients are whole-tensor masks: one thread, so that one is alive at a time.
     with _FusedWorkers(scratch_bytes, _threads() if sparsifier is None else 1) as workers:
-        iterator, seen = iter(models), 0
-        for i in range(n):
-            model = next(iterator, None)
-            if model is None:
-                break
+        for i, model in each_model(models, n, consume):
             then_scale = final_scale if i == n - 1 else None
 
             def coef_of(key, i=i):
@@ -261,12 +272,6 @@ def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=F
                     _scale_in_place(accumulator[key], then_scale)
             workers.run(fused, lambda key, scratch: _fused_add(accumulator[key], model, key, coef_of(key), scratch,
                                                               then_scale), size=lambda key: accumulator[key].nbytes)
-            if consume:
-                model.clear()
-            model = None
-            seen += 1
-    if seen != n:
-        raise UserError(f"the merge expected {n} models but the pool yielded {seen}")
 
     merged = {}
     for key in base:

@@ -54,7 +54,36 @@ def load_numpy_state_dict(path):
     return _check_state_dict(read_pickle(path), path)
 
 
-class LazyStateDict(Mapping):
+class TensorsOnDemand(Mapping):
+    """A read-only mapping over `self.shapes` (key → shape, known up front) whose values are read when
+    asked for (`read_tensor(key)`) and not kept; `pop(key)` reads the tensor and forgets the key."""
+
+    shapes: dict
+
+    def read_tensor(self, key):
+        raise NotImplementedError
+
+    def __getitem__(self, key):
+        if key not in self.shapes:
+            raise KeyError(key)
+        return self.read_tensor(key)
+
+    def __contains__(self, key):  # without reading the tensor (Mapping's default would)
+        return key in self.shapes
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def pop(self, key):
+        value = self[key]
+        del self.shapes[key]
+        return value
+
+
+class LazyStateDict(TensorsOnDemand):
     """A state dict file opened for reading tensor by tensor: keys and shapes are known up front, each
     value is read from disk when asked for and not kept (`sd[key]` reads it again; `pop` also forgets
     the key). A streaming merge thus holds one tensor of the model at a time, not the whole model.
@@ -93,24 +122,8 @@ class LazyStateDict(Mapping):
         self._entries = {}
         self._close = lambda: handle.__exit__(None, None, None)
 
-    def __getitem__(self, key):
-        if key not in self.shapes:
-            raise KeyError(key)
+    def read_tensor(self, key):
         return self._read(key)
-
-    def __contains__(self, key):  # without reading the tensor (Mapping's default would)
-        return key in self.shapes
-
-    def __iter__(self):
-        return iter(self.shapes)
-
-    def __len__(self):
-        return len(self.shapes)
-
-    def pop(self, key):
-        value = self[key]
-        del self.shapes[key]
-        return value
 
     def read_all(self, threads=None, check=None):
         """Every tensor read into its own buffer, as `load_numpy_state_dict` gives them, by `threads`

@@ -26,11 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ppmerge.errors import UserError
 from ppmerge.merge.method_params import MERGE_FUNC, SPARSIFY_PARAM, THRESHOLD, TOPK_SCOPE, streams_with
 from ppmerge.merge.registry import Param, register
 from ppmerge.merge.sparsify import (CHUNK, Sparsifier, TaskVectorPart, magnitude_threshold, parse_sparsify,
                                     random_keep_host)
+from ppmerge.merge.streaming import each_model
 from ppmerge.merge.task_vector import float_key_shapes, merge_task_vectors, task_vector_source
 from ppmerge.merge.tensor_ops import as_numpy, numpy_dtype, paddle
 
@@ -282,11 +282,7 @@ def stream_ties_host(base, models, threshold, merge_func, scaling_factor, topk_s
         running[key].add(part, cutoff, scratch())
 
     with ThreadPoolExecutor(max_workers=threads) as workers:
-        iterator, seen = iter(models), 0
-        for i in range(n):
-            model = next(iterator, None)
-            if model is None:
-                break
+        for i, model in each_model(models, n, consume):
             read = model.pop if consume else model.__getitem__  # each key read once (a file read when streamed)
             if topk_scope == "global":
                 parts = {key: task_vector_part(read(key), theta0[key], spec, i, key, shapes[key]) for key in keys}
@@ -303,12 +299,6 @@ def stream_ties_host(base, models, threshold, merge_func, scaling_factor, topk_s
                         pending.popleft().result()
                 while pending:
                     pending.popleft().result()
-            if consume:
-                model.clear()
-            model = None
-            seen += 1
-        if seen != n:
-            raise UserError(f"the merge expected {n} models but the pool yielded {seen}")
 
         def finish(key):
             merge = running[key]
