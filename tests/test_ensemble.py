@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from test_task_pool_support import make_pool, random_backbone, random_head, reference_logits, sklearn_metrics
+from test_task_pool_support import make_pool, random_backbone, random_heads, reference_logits, sklearn_metrics
 
 TASKS = ["SST2", "STSB", "MNLI"]
 
@@ -14,9 +14,7 @@ def pool(glue_suite):
 
 @pytest.fixture(scope="module")
 def heads():
-    from ppmerge.data import get_task
-
-    return {t: random_head(get_task(t).num_classes, 10 + i) for i, t in enumerate(TASKS)}
+    return random_heads(TASKS, 10)
 
 
 def test_ensemble_of_one_backbone_is_that_backbone(pool, heads):

@@ -3,7 +3,7 @@ max_length, so this also checks dynamic padding), models and datasets built once
 import numpy as np
 import pytest
 
-from test_task_pool_support import (make_pool, random_backbone, random_head, reference_logits,
+from test_task_pool_support import (make_pool, random_backbone, random_heads, reference_logits,
                                     sklearn_metrics)
 
 TASKS = ["CoLA", "MRPC", "STSB", "MNLI"]   # Mcc, AccuracyAndF1, regression, 3 classes
@@ -16,9 +16,7 @@ def pool(glue_suite):
 
 @pytest.fixture(scope="module")
 def heads():
-    from ppmerge.data import get_task
-
-    return {t: random_head(get_task(t).num_classes, i) for i, t in enumerate(TASKS)}
+    return random_heads(TASKS)
 
 
 def check_against_reference(pool, results, backbone, heads):

@@ -4,7 +4,7 @@ pass that pads every example to max_length, in dataset order)."""
 import numpy as np
 import pytest
 
-from test_task_pool_support import (make_pool, random_backbone, random_head, reference_logits,
+from test_task_pool_support import (make_pool, random_backbone, random_heads, reference_logits,
                                     sklearn_metrics)
 
 TASKS = ["SST2", "CoLA", "STSB"]   # the generated splits with the most varied lengths
@@ -17,9 +17,7 @@ def pool(glue_suite):
 
 @pytest.fixture(scope="module")
 def heads():
-    from ppmerge.data import get_task
-
-    return {t: random_head(get_task(t).num_classes, 10 + i) for i, t in enumerate(TASKS)}
+    return random_heads(TASKS, 10)
 
 
 def test_plan_is_length_sorted_and_not_dataset_order(pool):

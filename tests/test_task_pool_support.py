@@ -36,6 +36,13 @@ def random_head(num_classes, seed):
     return {"score.weight": rng.normal(0.0, 0.5, size=(64, num_classes)).astype(np.float32)}
 
 
+def random_heads(tasks, first_seed=0):
+    """A random head per task with the task's class count (seeds first_seed, first_seed + 1, ...)."""
+    from ppmerge.data import get_task
+
+    return {t: random_head(get_task(t).num_classes, first_seed + i) for i, t in enumerate(tasks)}
+
+
 def make_pool(root, tasks, max_examples=24, batch_size=8, **kwargs):
     from ppmerge.evaluation import TaskPool
 
