@@ -1,0 +1,58 @@
+"""Key-by-key helpers of the SVD-based merges (TSV-M, Iso-C, Iso-CTS) and of the other 2024-2025
+methods: task vectors of one key at a time on the host, an economy SVD on the compute device, the
+polar factor.
+
+The math is numpy float32 on the host: on CPU numpy's LAPACK SVD is ~25x faster than paddle's (measured
+on a 1024x4096 matrix: 1.3 s vs 30 s); on an accelerator (`paddle.get_device()` not "cpu") the SVDs run
+there in paddle and come back. Only one key of every model is in memory at a time.
+"""
+import numpy as np
+
+from ppmerge.merge.tensor_ops import is_floating, numpy_dtype, paddle as _paddle, to_device, to_host
+
+
+def host32(x):
+    """A float32 numpy copy of a state-dict value (numpy or paddle, any dtype incl. bfloat16)."""
+    if isinstance(x, np.ndarray):
+        return np.array(x, dtype=np.float32)
+    return np.array(to_host(to_device(x)), dtype=np.float32)
+
+
+def svd(a):
+    """Economy SVD a = U diag(S) Vh of a 2-D float32 array (numpy in, numpy out)."""
+    pd = _paddle()
+    if pd.get_device() == "cpu":
+        return np.linalg.svd(a, full_matrices=False)
+    u, s, vh = pd.linalg.svd(pd.to_tensor(np.ascontiguousarray(a)), full_matrices=False)
+    return u.numpy(), s.numpy(), vh.numpy()
+
+
+def polar(a):
+    """The orthogonal polar factor P Qᵀ of a = P Σ Qᵀ (the closest matrix with orthonormal columns/rows)."""
+    p, _, qh = svd(a)
+    return p @ qh
+
+
+def is_matrix(value):
+    """Do the SVD-based rules apply to this key? (every 2-D float tensor: Linear weights and embeddings)"""
+    return len(value.shape) == 2
+
+
+def merge_matrices(base, models, matrix_rule, scale=1.0, tau_scales=None):
+    """θ₀ + scale · Δ key by key, Δ = matrix_rule([τ_1 … τ_n]) on 2-D float keys and the mean of the τ_i
+    elsewhere; `tau_scales` multiplies each τ_i first (TSV-M's per-model alpha). Non-float keys are copied
+    from the base. Returns {key: numpy array in the base's dtype}."""
+    merged = {}
+    for key, value in base.items():
+        if not is_floating(value):
+            merged[key] = np.array(value if isinstance(value, np.ndarray) else value.numpy())
+            continue
+        theta0 = host32(value)
+        taus = []
+        for i, model in enumerate(models):
+            tau = host32(model[key]) - theta0
+            taus.append(tau * np.float32(tau_scales[i]) if tau_scales is not None else tau)
+        delta = matrix_rule(taus) if is_matrix(theta0) else np.mean(taus, axis=0)
+        merged[key] = (theta0 + np.float32(scale) * delta).astype(numpy_dtype(value), copy=False)
+        del taus
+    return merged
