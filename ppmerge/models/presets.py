@@ -28,6 +28,11 @@ ARCH_PRESETS = {
 }
 ARCH_ALIASES = {"gpt": "gpt-345m"}  # FleetX's `Model.name: GPT`
 
+# T5 presets (flan-t5-small/base/large, t5-tiny) live in ppmerge/models/t5.py; every preset by family:
+from ppmerge.models.t5 import T5_PRESETS  # noqa: E402  (no paddle)
+
+PRESET_FAMILIES = {**{name: "gpt" for name in ARCH_PRESETS}, **{name: "t5" for name in T5_PRESETS}}
+
 ARCH_FIELDS = tuple(_GPT_345M)
 
 # Our (FleetX) field names → paddlenlp GPTConfig argument names.
@@ -43,6 +48,16 @@ def preset_name(name):
         valid = ", ".join(list(ARCH_PRESETS) + ["GPT"])
         raise ConfigError(f"Model.name: unknown architecture {name!r}; expected one of {valid}")
     return key
+
+
+def preset_family(name):
+    """"gpt" or "t5": the model family of a preset name (case-insensitive, alias GPT)."""
+    key = str(name).strip().lower()
+    key = ARCH_ALIASES.get(key, key)
+    if key not in PRESET_FAMILIES:
+        valid = ", ".join(list(PRESET_FAMILIES) + ["GPT"])
+        raise ConfigError(f"Model.name: unknown architecture {name!r}; expected one of {valid}")
+    return PRESET_FAMILIES[key]
 
 
 def resolve_arch(model_cfg):
