@@ -1,16 +1,81 @@
-"""Checkpoint conversion behind `tools/convert.py`: FleetX / paddlenlp / Hugging Face GPT-2 → our
-key layout (separate q/k/v, float32), written as `.pdparams` or `.safetensors`."""
+"""Checkpoint conversion behind `tools/convert.py` (and `ppmerge.convert`), table-driven.
+
+A *reader* (`SOURCES[name](input_path, num_heads) -> Source`) brings a checkpoint into our key layout
+(paddlenlp `GPTForSequenceClassification` names, separate q/k/v, numpy values as stored); a *writer*
+(`TARGETS[name](source, output, dtype, num_heads, task) -> (path, tensor count, notes)`) writes it out.
+A new format is one more entry in a table.
+
+Sources: ppmerge (our own .pdparams / .safetensors, merged files too), fleetx, paddlenlp, hf.
+Targets: pdparams, safetensors (our layout, merged files kept whole), hf, paddlenlp (folders), fleetx
+(a .pdparams with fused qkv). A merged model (`heads.<TASK>.…`) becomes one folder per task for the
+hf / paddlenlp / fleetx targets (`--task` picks one). Values are cast once, tensor by tensor, to
+`dtype` (float32 | float16 | bfloat16; bf16 as paddle's uint16 bits)."""
 import json
 import os
+from dataclasses import dataclass, field
 
 from ppmerge.errors import CheckpointError, UserError
-from ppmerge.models import hf_gpt2
-from ppmerge.models.checkpoint import (load_numpy_state_dict, resolve_checkpoint_path, save_state_dict,
-                                       to_float32, to_our_layout)
+from ppmerge.models import export, hf_gpt2
+from ppmerge.models.checkpoint import (load_numpy_state_dict, merged_task_names, resolve_checkpoint_path,
+                                       save_state_dict, select_task_head, to_our_layout)
 
-SOURCES = ("fleetx", "paddlenlp", "hf")
-TARGETS = ("pdparams", "safetensors")
 
+@dataclass
+class Source:
+    """A checkpoint read into our layout: `state_dict`, `model_fields` (Model-section fields the input's
+    own config states, or None), `num_heads` (when known), `path` (what was read)."""
+    state_dict: dict
+    model_fields: dict = None
+    num_heads: int = None
+    path: str = ""
+    notes: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- readers
+
+def _config_beside(file):
+    """config.json beside a weights file (paddlenlp's save_pretrained writes one), or None."""
+    config = os.path.join(os.path.dirname(file), "config.json")
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            try:
+                return json.load(f)
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{config}: not valid JSON ({exc})") from None
+    return None
+
+
+def _heads_from_paddlenlp_config(file):
+    """paddlenlp's save_pretrained writes config.json beside the weights; it knows the head count."""
+    config = _config_beside(file)
+    return config.get("num_attention_heads") if config else None
+
+
+def read_ours(input_path, num_heads=None):
+    file = resolve_checkpoint_path(input_path)
+    return Source(load_numpy_state_dict(file), num_heads=num_heads or _heads_from_paddlenlp_config(file), path=file)
+
+
+def read_layout(input_path, num_heads=None):
+    """FleetX / paddlenlp / our checkpoints: prefixes normalised, fused qkv split (needs the head count)."""
+    file = resolve_checkpoint_path(input_path)
+    num_heads = num_heads or _heads_from_paddlenlp_config(file)
+    return Source(to_our_layout(load_numpy_state_dict(file), num_heads, source=file), num_heads=num_heads, path=file)
+
+
+def read_hf(input_path, num_heads=None):
+    if not os.path.isdir(input_path):
+        raise CheckpointError(f"--input {input_path}: expected a Hugging Face folder (config.json + model.safetensors)")
+    model_fields, num_classes, state_dict = hf_gpt2.load_folder(input_path)
+    if num_classes:
+        model_fields["num_classes"] = num_classes
+    return Source(state_dict, model_fields, num_heads or model_fields["num_attention_heads"], path=input_path)
+
+
+SOURCES = {"ppmerge": read_ours, "fleetx": read_layout, "paddlenlp": read_layout, "hf": read_hf}
+
+
+# --------------------------------------------------------------------------- writers
 
 def output_path(path, target):
     """`path` with the target's extension (added when missing; a different one is an error)."""
@@ -22,35 +87,119 @@ def output_path(path, target):
     return path
 
 
-def _heads_from_paddlenlp_config(file):
-    """paddlenlp's save_pretrained writes config.json beside the weights; it knows the head count."""
-    config = os.path.join(os.path.dirname(file), "config.json")
-    if os.path.isfile(config):
-        with open(config, encoding="utf-8") as f:
-            return json.load(f).get("num_attention_heads")
-    return None
+def _write_file(target):
+    def write(source, output, dtype, num_heads=None, task=None):
+        from ppmerge.models.dtypes import cast_state_dict
+
+        path = output_path(output, target)
+        state_dict = source.state_dict
+        if task is not None:
+            state_dict = select_task_head(state_dict, task)
+        state_dict = cast_state_dict(dict(state_dict), dtype, where="--dtype")
+        save_state_dict(state_dict, path)
+        return path, len(state_dict), []
+    return write
 
 
-def convert_checkpoint(source, target, input_path, output, num_heads=None):
-    """Convert and write; returns (written path, number of tensors, Model-section fields or None)."""
+def _models(source, task):
+    """[(task or None, plain state dict)]: one per head of a merged model (or `task`'s), else the model."""
+    tasks = merged_task_names(source.state_dict)
+    if not tasks:
+        return [(task, source.state_dict)]
+    if task is not None:
+        state_dict = select_task_head(source.state_dict, task)
+        return [(next((t for t in tasks if _same_task(t, task)), task), state_dict)]
+    return [(name, select_task_head(source.state_dict, name)) for name in tasks]
+
+
+def _same_task(a, b):
+    from ppmerge.data import get_task
+
+    try:
+        return get_task(a).name == get_task(b).name
+    except UserError:
+        return a == b
+
+
+def _check_new_output(output):
+    if os.path.exists(output):
+        raise UserError(f"--output {output} already exists; choose a new folder (nothing was written)")
+
+
+def _write_folders(write_one):
+    """A writer for folder targets: each model into OUT (or OUT/<TASK>/ for a merged model), atomically."""
+    def write(source, output, dtype, num_heads=None, task=None):
+        from ppmerge.fileio import atomic_dir
+        from ppmerge.models.dtypes import check_dtype
+        dtype = check_dtype(dtype, "--dtype")
+        _check_new_output(output)
+        models = _models(source, task)
+        merged = bool(merged_task_names(source.state_dict)) and task is None
+        arch, notes = export.infer_arch(models[0][1], num_heads or source.num_heads, source.model_fields)
+        count = 0
+        with atomic_dir(output) as tmp:
+            for name, state_dict in models:
+                folder = os.path.join(tmp, name) if merged else tmp
+                os.makedirs(folder, exist_ok=True)
+                count += write_one(state_dict, arch, folder, dtype, name)
+        if merged:
+            notes.append(f"one folder per task: {', '.join(os.path.join(output, n) for n, _ in models)}")
+        return output, count, notes
+    return write
+
+
+def _write_fleetx_one(state_dict, arch, folder, dtype, task=None):
+    from ppmerge.models.dtypes import cast_state_dict
+
+    fused = cast_state_dict(export.fleetx_state_dict(state_dict, arch["num_attention_heads"]), dtype, where="--dtype")
+    save_state_dict(fused, os.path.join(folder, "model.pdparams"))
+    return len(fused)
+
+
+def _write_fleetx(source, output, dtype, num_heads=None, task=None):
+    """A FleetX model.pdparams (a file: --output names it, .pdparams added); a merged model: folders."""
+    from ppmerge.models.dtypes import cast_state_dict, check_dtype
+
+    if merged_task_names(source.state_dict) and task is None:
+        return _write_folders(_write_fleetx_one)(source, output, dtype, num_heads, task)
+    dtype = check_dtype(dtype, "--dtype")
+    path = output_path(output, "pdparams")
+    (name, state_dict), = _models(source, task)
+    arch, notes = export.infer_arch(state_dict, num_heads or source.num_heads, source.model_fields)
+    fused = cast_state_dict(export.fleetx_state_dict(state_dict, arch["num_attention_heads"]), dtype, where="--dtype")
+    save_state_dict(fused, path)
+    return path, len(fused), notes
+
+
+TARGETS = {
+    "pdparams": _write_file("pdparams"),
+    "safetensors": _write_file("safetensors"),
+    "hf": _write_folders(export.write_hf),
+    "paddlenlp": _write_folders(export.write_paddlenlp),
+    "fleetx": _write_fleetx,
+}
+
+
+def read_checkpoint(source, input_path, num_heads=None):
+    """`SOURCES[source]`: a Source in our layout."""
+    if source not in SOURCES:
+        raise UserError(f"--from {source!r}: expected one of {', '.join(SOURCES)}")
+    return SOURCES[source](input_path, num_heads)
+
+
+def convert_checkpoint(source, target, input_path, output, num_heads=None, dtype="float32", task=None,
+                       return_notes=False):
+    """Convert and write; returns (written path, number of tensors, Model-section fields or None)
+    (and the notes to show the user when `return_notes`)."""
+    from ppmerge.models.dtypes import check_dtype
+
     if source not in SOURCES:
         raise UserError(f"--from {source!r}: expected one of {', '.join(SOURCES)}")
     if target not in TARGETS:
         raise UserError(f"--to {target!r}: expected one of {', '.join(TARGETS)}")
-    output = output_path(output, target)
-    model_fields = None
-    if source == "hf":
-        if not os.path.isdir(input_path):
-            raise CheckpointError(f"--input {input_path}: expected a Hugging Face folder (config.json + model.safetensors)")
-        model_fields, num_classes, state_dict = hf_gpt2.load_folder(input_path)
-        if num_classes:
-            model_fields["num_classes"] = num_classes
-    else:
-        file = resolve_checkpoint_path(input_path)
-        if source == "paddlenlp" and not num_heads:
-            num_heads = _heads_from_paddlenlp_config(file)
-        state_dict = to_our_layout(load_numpy_state_dict(file), num_heads, source=file)
-    state_dict = {key: to_float32(value) if value.dtype.kind == "f" or value.dtype.name == "uint16" else value
-                  for key, value in state_dict.items()}
-    save_state_dict(state_dict, output)
-    return output, len(state_dict), model_fields
+    dtype = check_dtype(dtype, "--dtype")
+    loaded = read_checkpoint(source, input_path, num_heads)
+    path, count, notes = TARGETS[target](loaded, output, dtype, num_heads, task)
+    if return_notes:
+        return path, count, loaded.model_fields, notes
+    return path, count, loaded.model_fields
