@@ -83,15 +83,11 @@ def _run_logged(tool, argv, log_path):
 
 
 def write_base(path, seed):
-    """A tiny GPT 'pretrained' base: seeded random init, backbone only (no head), real GPT-2 vocab."""
-    from ppmerge.models import build_model, save_state_dict
-    from ppmerge.runtime import import_paddle
+    """A tiny GPT 'pretrained' base: seeded random init, backbone only (no head), real GPT-2 vocab
+    (what `tools/init_model.py --preset gpt-tiny --seed SEED` writes)."""
+    from ppmerge.models.init import write_initial_model
 
-    paddle = import_paddle()
-    paddle.seed(seed)
-    model = build_model({"name": "gpt-tiny"}, num_classes=2)
-    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("score.")}
-    save_state_dict(backbone, path)
+    write_initial_model(path, "gpt-tiny", seed)
 
 
 def finetune_overrides(task, data_dir, base_path, out_dir, epochs):

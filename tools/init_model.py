@@ -1,0 +1,68 @@
+"""Write a freshly initialised GPT (paddle's seeded initialisation) from an architecture preset.
+
+Without --num-classes the file holds the backbone only, like a pretrained base (ModelPool.base,
+Model.pretrained); with it, a `score` head too.
+
+Examples:
+  python tools/init_model.py --preset gpt-tiny --seed 0 --output base.pdparams
+  python tools/init_model.py --preset gpt2-medium-en --seed 1 --dtype float16 --output medium_init.safetensors
+  python tools/init_model.py --preset gpt-tiny -o num_layers=4 -o hidden_size=128 --output deeper.pdparams
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ppmerge.cli import run_tool  # noqa: E402
+from ppmerge.errors import UserError  # noqa: E402
+
+
+def parse_args(argv):
+    from ppmerge.models.presets import ARCH_PRESETS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="gpt-tiny", help=f"architecture: {' | '.join(ARCH_PRESETS)} (or GPT)")
+    parser.add_argument("--seed", type=int, default=0, help="paddle.seed before the model is built")
+    parser.add_argument("--output", required=True, help="a new .pdparams or .safetensors file")
+    parser.add_argument("--num-classes", type=int, default=None, help="also write a score head with this many outputs")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("-o", dest="fields", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override an architecture field of the preset (hidden_size, num_layers, ...)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    return parser.parse_args(argv)
+
+
+def model_section(preset, fields):
+    """The Model section for --preset and -o FIELD=VALUE overrides (values parsed as YAML scalars)."""
+    import yaml
+
+    from ppmerge.models.presets import ARCH_FIELDS, resolve_arch
+
+    section = {"name": preset}
+    for item in fields:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix("Model.")
+        if not sep or key not in ARCH_FIELDS:
+            raise UserError(f"-o {item}: expected FIELD=VALUE with FIELD one of {', '.join(ARCH_FIELDS)}")
+        section[key] = yaml.safe_load(value)
+    resolve_arch(section)  # unknown preset / bad sizes: ConfigError now, before paddle loads
+    return section
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    section = model_section(args.preset, args.fields)
+    if os.path.exists(args.output) and not args.overwrite:
+        raise UserError(f"--output {args.output} already exists (pass --overwrite to replace it)")
+    if os.path.splitext(args.output)[1].lower() not in (".pdparams", ".safetensors"):
+        raise UserError(f"--output {args.output}: expected a .pdparams or .safetensors file name")
+    from ppmerge.models.init import write_initial_model
+
+    count = write_initial_model(args.output, section, args.seed, args.num_classes, args.dtype)
+    print(f"wrote {count} tensors ({args.dtype}, preset {section['name']}, seed {args.seed}) to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_tool(main)
