@@ -1,9 +1,103 @@
-"""Atomic writes: every file the tools write goes to a temporary name in the same folder and is
-renamed into place, so an interrupted run never leaves a half-written file under the final name."""
+"""Every file ppmerge writes goes through here. Two promises:
+
+1. Atomic files: a file is written under a temporary name in its folder and renamed into place, so
+   an interrupted run never leaves a half-written file under the final name (`atomic_path`,
+   `atomic_open`, `write_text`). A folder of several files (`atomic_dir`) is written into a temporary
+   folder first and then appears whole (new folder) or is merged into the existing one file by file.
+2. Nothing a user owns is deleted: an existing folder is never removed or replaced. Output folders
+   are checked up front (`prepare_output_dir`, `prepare_output_file`), before the long work: a
+   non-empty folder is written into only when it is an earlier ppmerge output of the same kind (it
+   holds a `.ppmerge-output` marker naming the kind) or with `overwrite=True` (`--overwrite`), and even
+   then only the files ppmerge writes are replaced; everything else in it is left alone.
+
+Temporaries are hidden and carry the writer's process id: `.<name>.ppm<pid>-<random>.tmp`. One left
+behind by a killed run (kill -9) is removed by the next run that writes into that folder, once its
+process is gone (`clean_stale_temps`); names of any other pattern are never touched.
+"""
 import contextlib
+import errno
 import os
+import re
 import shutil
 import tempfile
+import time
+
+from ppmerge.errors import UserError
+
+MARKER = ".ppmerge-output"
+_START = time.time()
+# ours: .<name>.ppm<pid>-<random>.tmp ; earlier ppmerge versions: .<name>.<8 random>.tmp (+ .old)
+_TEMP = re.compile(r"^\..+\.ppm(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp(\.old)?$")
+_LEGACY_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.old)?$")
+_cleaned = set()
+
+
+class OutputError(UserError):
+    """An output path that cannot or may not be written."""
+
+
+def _temp_prefix(path):
+    return f".{os.path.basename(path)}.ppm{os.getpid()}-"
+
+
+def _pid_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temps(folder):
+    """Remove temporaries of our naming pattern in `folder` left by runs that died: those whose process
+    is gone (pid in the name), and old-style ones (no pid) older than this process. Returns the removed
+    names. Anything else is never touched; a temporary of a live run (even a concurrent one) stays."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMP.match(name)
+        path = os.path.join(folder, name)
+        if match:
+            stale = not _pid_alive(int(match.group("pid")))
+        elif _LEGACY_TEMP.match(name):
+            try:
+                stale = os.lstat(path).st_mtime < _START
+            except OSError:
+                continue
+        else:
+            continue
+        if not stale:
+            continue
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _clean_once(folder):
+    folder = os.path.abspath(folder)
+    if folder not in _cleaned:
+        _cleaned.add(folder)
+        clean_stale_temps(folder)
+
+
+def _makedirs(folder):
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{folder}: exists and is not a folder") from None
 
 
 @contextlib.contextmanager
@@ -13,8 +107,11 @@ def atomic_path(path):
     Use it for writers that want a file name (paddle.save, safetensors, matplotlib, openpyxl)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    _makedirs(folder)
+    _clean_once(folder)
+    if os.path.isdir(path):
+        raise OutputError(f"{path}: is a folder, expected a file name")
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=folder)
     os.close(fd)
     try:
         yield tmp
@@ -40,25 +137,183 @@ def write_text(path, text):
         f.write(text)
 
 
-@contextlib.contextmanager
-def atomic_dir(path):
-    """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed.
+def _merge_into(src, dst):
+    """Move every file of folder `src` into folder `dst` (rename, file by file, subfolders merged);
+    files of the same name in `dst` are replaced, nothing else in `dst` is touched."""
+    for name in sorted(os.listdir(src)):
+        s, d = os.path.join(src, name), os.path.join(dst, name)
+        if os.path.isdir(s) and not os.path.islink(s):
+            if os.path.isdir(d):
+                _merge_into(s, d)
+                continue
+            if os.path.lexists(d):
+                raise OutputError(f"{d}: exists and is not a folder; move it away")
+        elif os.path.isdir(d) and not os.path.islink(d):
+            raise OutputError(f"{d}: is a folder where ppmerge writes a file; move it away")
+        os.replace(s, d)
 
-    Used for outputs made of several files (a checkpoint folder, a merge's output folder): either
-    the whole folder appears, or nothing does."""
+
+@contextlib.contextmanager
+def atomic_dir(path, kind=None):
+    """Yield a temporary folder; on success its files go to `path`, on error it is removed.
+
+    A new `path` appears whole (one rename). An existing `path` is never deleted: the new files are
+    moved into it one by one, replacing files of the same name only. `kind` writes the
+    `.ppmerge-output` marker (see `prepare_output_dir`)."""
     path = os.path.abspath(os.fspath(path))
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    _makedirs(parent)
+    _clean_once(parent)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OutputError(f"{path}: exists and is not a folder")
+    # Inside an existing folder (same file system as the files it replaces), else beside it.
+    where = path if os.path.isdir(path) else parent
+    if where == path:
+        _clean_once(path)
+    tmp = tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=where)
     try:
         yield tmp
-        if os.path.isdir(path):
-            old = tmp + ".old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        if kind:
+            with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
+                f.write(f"{kind}\n# written by ppmerge: this folder is a ppmerge {kind} output\n")
+        moved = False
+        if where == parent:
+            try:
+                os.rename(tmp, path)
+                moved = True
+            except OSError as exc:  # it appeared meanwhile (a concurrent run): merge into it instead
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not os.path.isdir(path):
+                    raise
+        if not moved:
+            _merge_into(tmp, path)
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def output_kind(path):
+    """The kind named in `path`'s marker, or None (not a marked ppmerge output)."""
+    try:
+        with open(os.path.join(path, MARKER), encoding="utf-8") as f:
+            return f.readline().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _existing_ancestor(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def _check_writable(path, what):
+    """`path` (a folder that exists or is to be made) can be created and written into."""
+    anchor = _existing_ancestor(path)
+    if not os.path.isdir(anchor):
+        raise OutputError(f"{anchor}: is a file, so {what} {path} cannot be made")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only_fs(anchor) else "permission denied"
+        raise OutputError(f"{anchor}: not writable ({reason}); {what} {path} cannot be written")
+    if _read_only_fs(anchor):
+        raise OutputError(f"{anchor}: read-only file system; {what} {path} cannot be written")
+    return anchor
+
+
+def _read_only_fs(path):
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _check_space(anchor, need_bytes, what, path):
+    if need_bytes and need_bytes > 0:
+        free = shutil.disk_usage(anchor).free
+        if free < need_bytes:
+            raise OutputError(f"{anchor}: not enough free space for {what} {path}: "
+                              f"{need_bytes / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free")
+
+
+def prepare_output_dir(path, kind, overwrite=False, need_bytes=0, what="output folder", flag="--overwrite"):
+    """Check, before any long work, that `path` may receive a ppmerge output of `kind`; returns its
+    absolute path. Nothing is created here (a failed run leaves nothing behind).
+
+    Allowed: a missing or empty folder; a folder marked as an earlier ppmerge output of the same
+    `kind`; anything else only with `overwrite` (then only ppmerge's own files in it are replaced).
+    Also checked: not a file, writable, `need_bytes` of free space. Stale temporaries are removed."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OutputError(f"{path}: exists and is not a folder; {what} must be a folder")
+    anchor = _check_writable(path, what)
+    if os.path.isdir(path):
+        clean_stale_temps(path)
+        entries = [n for n in os.listdir(path) if n != MARKER]
+        found = output_kind(path)
+        if entries and not overwrite and found != kind:
+            if found:
+                why = f"it is a ppmerge {found} output, not a {kind} output"
+            else:
+                shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+                why = f"it holds files ppmerge did not write ({shown})"
+            hint = f"choose an empty or new folder, or pass {flag} to write into it (only ppmerge's files are replaced)" \
+                if flag else "choose an empty or new folder"
+            raise OutputError(f"{path}: {what} is not empty and {why}; {hint}")
+    _check_space(anchor, need_bytes, what, path)
+    return path
+
+
+def prepare_output_file(path, overwrite=False, need_bytes=0, what="output file", flag="--overwrite"):
+    """Check, before any long work, that the file `path` may be written: an existing file only with
+    `overwrite`, not a folder, its folder writable, `need_bytes` free. Returns the absolute path."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise OutputError(f"{path}: is a folder; {what} must be a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputError(f"{path}: {what} exists; " + (f"pass {flag} to replace it, or " if flag else "")
+                          + "choose another name")
+    anchor = _check_writable(os.path.dirname(path), "the folder of")
+    _check_space(anchor, need_bytes, what, path)
+    return path
+
+
+def describe_os_error(exc):
+    """`<path>: <what happened>` for an OSError (what tools print after `error: `)."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        what = "no space left on device (free some space or write elsewhere)"
+    path = exc.filename
+    if exc.filename2:
+        path = f"{exc.filename} -> {exc.filename2}"
+    path = _public_name(path)
+    return f"{path}: {what}" if path else what
+
+
+def _public_name(path):
+    """A temporary's name shown as the file it stands for (users never saw the temporary name)."""
+    if not path:
+        return path
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    match = re.match(r"^\.(.+)\.ppm\d+-[A-Za-z0-9_]+\.tmp(\.old)?$", name)
+    return os.path.join(folder, match.group(1)) if match else path
+
+
+def mark_output_dir(path, kind):
+    """Create `path` (if needed) and mark it as a ppmerge output of `kind` (for folders filled as a run
+    goes, such as training's output_dir; check it with `prepare_output_dir` first)."""
+    path = os.path.abspath(os.fspath(path))
+    _makedirs(path)
+    if output_kind(path) != kind:
+        write_text(os.path.join(path, MARKER), f"{kind}\n# written by ppmerge: this folder is a ppmerge {kind} output\n")
+    return path
+
+
+def is_ppmerge_output(folder):
+    """Is `folder` (or the folder holding it: a checkpoint inside a training output) a marked ppmerge output?"""
+    folder = os.path.abspath(os.fspath(folder))
+    return output_kind(folder) is not None or output_kind(os.path.dirname(folder)) is not None

@@ -51,6 +51,7 @@ def parse_args(argv):
     parser.add_argument("--output", required=True,
                         help="output file (pdparams/safetensors/fleetx: the extension is added if missing) "
                              "or new folder (hf/paddlenlp)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--num-heads", type=int, default=None,
                         help="attention heads, to split or fuse qkv_proj and for exported configs (GPT-345M: 16)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
@@ -61,7 +62,11 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    from ppmerge.models.convert import convert_checkpoint
+    from ppmerge.fileio import prepare_output_file
+    from ppmerge.models.convert import convert_checkpoint, output_path
+
+    # before reading anything: an existing file is replaced only with --overwrite; folder writable
+    prepare_output_file(output_path(args.output, args.target), overwrite=args.overwrite, what="--output")
 
     path, count, model_fields, notes = convert_checkpoint(args.source, args.target, args.input, args.output,
                                                           args.num_heads, dtype=args.dtype, task=args.task,

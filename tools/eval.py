@@ -32,6 +32,9 @@ def parse_args(argv):
                         help="split to evaluate (default: Data.Eval.dataset.split); test writes the GLUE TSV")
     parser.add_argument("--device", default=None, help="cpu, gpu, gpu:N, xpu or npu (overrides Global.device)")
     parser.add_argument("--output-dir", default=None, help="where results go (default: beside the checkpoint)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing result files outside a ppmerge output folder, or write into a "
+                             "non-empty --output-dir that is not an earlier eval output (nothing else is deleted)")
     return parser.parse_args(argv)
 
 
@@ -55,7 +58,7 @@ def main(argv=None):
 
     from ppmerge.data import get_task
     from ppmerge.engine import Engine, FinetuneModule, build_dataset
-    from ppmerge.engine.submission import write_submission
+    from ppmerge.engine.submission import submission_name, write_submission
     from ppmerge.fileio import write_text
 
     task = get_task(cfg["Data"]["Eval"]["dataset"]["name"])
@@ -65,8 +68,14 @@ def main(argv=None):
     else:
         splits = [split]
     datasets = [build_dataset(cfg, "Eval", s) for s in splits]
+    _check_outputs(args, out_dir, [f"eval_results_{d.split}.json" if d.has_labels else submission_name(task, d.split)
+                                   for d in datasets])
     engine = Engine(cfg, FinetuneModule(cfg))
     for dataset in datasets:
+        if args.output_dir:
+            from ppmerge.fileio import mark_output_dir
+
+            mark_output_dir(out_dir, "eval")
         if dataset.has_labels:
             results = engine.evaluate(dataset, tag=f"eval {dataset.split}")
             path = os.path.join(out_dir, f"eval_results_{dataset.split}.json")
@@ -75,6 +84,20 @@ def main(argv=None):
             path = write_submission(out_dir, task, dataset.split, engine.predict(dataset))
         print(f"wrote {path}")
     return 0
+
+
+def _check_outputs(args, out_dir, names):
+    """Before the model is built: --output-dir follows ppmerge.fileio's folder rule (new, empty, an earlier
+    eval output, or --overwrite); beside the weights, an existing result file is replaced only inside a
+    ppmerge output folder or with --overwrite."""
+    from ppmerge.fileio import is_ppmerge_output, prepare_output_dir, prepare_output_file
+
+    if args.output_dir:
+        prepare_output_dir(out_dir, "eval", overwrite=args.overwrite, what="--output-dir")
+        return
+    ours = is_ppmerge_output(out_dir)
+    for name in names:
+        prepare_output_file(os.path.join(out_dir, name), overwrite=args.overwrite or ours, what="result file")
 
 
 if __name__ == "__main__":

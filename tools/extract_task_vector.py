@@ -21,7 +21,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
     parser.add_argument("--finetuned_model_path", required=True, help="the fine-tuned model file")
     parser.add_argument("--base_model_path", required=True, help="the pretrained base model file")
-    parser.add_argument("--save_path", required=True, help="where to write the task vector")
+    parser.add_argument("--save_path", required=True, help="where to write the task vector (.pdparams or .safetensors)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --save_path file")
     return parser.parse_args(argv)
 
 
@@ -33,14 +34,20 @@ def check_shapes(finetuned, base):
 
 def main(argv=None):
     args = parse_args(argv)
+    from ppmerge.fileio import prepare_output_file
     from ppmerge.merge.task_vector import extract_task_vector
-    from ppmerge.models.checkpoint import load_numpy_state_dict, save_state_dict
+    from ppmerge.models.checkpoint import check_finite, checkpoint_format, load_numpy_state_dict, save_state_dict
 
-    for path in (args.finetuned_model_path, args.base_model_path):
-        if not os.path.exists(path):
-            raise CheckpointError(f"model file {path!r} does not exist")
+    for flag, path in (("--finetuned_model_path", args.finetuned_model_path), ("--base_model_path", args.base_model_path)):
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{flag}: model file {path!r} does not exist")
+    checkpoint_format(args.save_path)  # a bad extension fails now, not after the work
+    prepare_output_file(args.save_path, overwrite=args.overwrite, what="--save_path",
+                        need_bytes=os.path.getsize(args.finetuned_model_path))
     finetuned = load_numpy_state_dict(args.finetuned_model_path)
+    check_finite(finetuned, args.finetuned_model_path)
     base = load_numpy_state_dict(args.base_model_path)
+    check_finite(base, args.base_model_path)
     check_shapes(finetuned, base)
     tau, kept = extract_task_vector(finetuned, base)
     save_state_dict(tau, args.save_path)

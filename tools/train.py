@@ -22,6 +22,9 @@ def parse_args(argv):
                         help="override a config key (repeatable), e.g. -o Engine.num_train_epochs=5")
     parser.add_argument("--device", default=None, help="cpu, gpu, gpu:N, xpu or npu (overrides Global.device)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty Engine.save_load.output_dir that is not an earlier training "
+                             "output (only the files training writes are replaced; nothing else is deleted)")
     return parser.parse_args(argv)
 
 
@@ -38,11 +41,16 @@ def main(argv=None):
     if args.print_config or os.environ.get("PPMERGE_DRY_RUN") not in (None, "", "0"):
         return 0
 
+    from ppmerge.fileio import prepare_output_dir
+
+    # before any work (the whole check again, with free space, when training starts)
+    prepare_output_dir(cfg["Engine"]["save_load"]["output_dir"], "train", overwrite=args.overwrite,
+                       what="Engine.save_load.output_dir")
     from ppmerge.engine import Engine, FinetuneModule, build_dataset
 
     train_data = build_dataset(cfg, "Train")  # data errors surface before the model is built
     eval_data = build_dataset(cfg, "Eval") if (cfg["Data"].get("Eval") or {}).get("dataset") else None
-    engine = Engine(cfg, FinetuneModule(cfg))
+    engine = Engine(cfg, FinetuneModule(cfg), overwrite=args.overwrite)
     engine.fit(train_data, eval_data)
     return 0
 

@@ -61,6 +61,8 @@ def _rows(key, spec):
         types += " or null"
     default = "**required**" if spec.required else f"`{_yaml(spec.default)}`"
     notes = [spec.help] if spec.help else []
+    if spec.min is not None or spec.max is not None:
+        notes.append(spec.range_text())
     if spec.choices is not None:
         notes.append("one of " + ", ".join(f"`{c}`" for c in spec.choices))
     if spec.aliases:

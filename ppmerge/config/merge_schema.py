@@ -7,52 +7,64 @@ DEVICE_HELP = "cpu, gpu, gpu:N, xpu or npu"
 # The training config's Model section, architecture part only: a preset name plus explicit overrides.
 _ARCH = Section({
     "name": Field(str, default="gpt-345m", help="architecture preset: gpt-345m | gpt2-medium-en | gpt-tiny"),
-    "vocab_size": Field(int, default=None, nullable=True),
-    "hidden_size": Field(int, default=None, nullable=True),
-    "num_layers": Field(int, default=None, nullable=True),
-    "num_attention_heads": Field(int, default=None, nullable=True),
-    "ffn_hidden_size": Field(int, default=None, nullable=True),
-    "max_position_embeddings": Field(int, default=None, nullable=True),
-    "type_vocab_size": Field(int, default=None, nullable=True),
-    "hidden_dropout_prob": Field(float, default=None, nullable=True),
-    "attention_probs_dropout_prob": Field(float, default=None, nullable=True),
-    "initializer_range": Field(float, default=None, nullable=True),
+    "vocab_size": Field(int, default=None, nullable=True, min=1),
+    "hidden_size": Field(int, default=None, nullable=True, min=1),
+    "num_layers": Field(int, default=None, nullable=True, min=1),
+    "num_attention_heads": Field(int, default=None, nullable=True, min=1),
+    "ffn_hidden_size": Field(int, default=None, nullable=True, min=1),
+    "max_position_embeddings": Field(int, default=None, nullable=True, min=1),
+    "type_vocab_size": Field(int, default=None, nullable=True, min=1),
+    "hidden_dropout_prob": Field(float, default=None, nullable=True, min=0.0, max=1.0),
+    "attention_probs_dropout_prob": Field(float, default=None, nullable=True, min=0.0, max=1.0),
+    "initializer_range": Field(float, default=None, nullable=True, min=0.0),
     "fused_linear": Field(bool, default=None, nullable=True),
 })
 
 MERGE_SCHEMA = Section({
     "Global": Section({
         "device": Field(str, default="cpu", help=DEVICE_HELP),
-        "seed": Field(int, default=42),
+        "seed": Field(int, default=42, min=0, max=2**32 - 1),
     }),
     "ModelPool": Section({
-        "base": Field(str, help="the _pretrained_ model file"),
-        "models": Field(dict, help="task name -> fine-tuned model file"),
-        "head_keys": Field(str, default=r"^score\.", help="regex of the per-task head keys (never merged)"),
+        "base": Field(str, default=None, nullable=True,
+                      help="the _pretrained_ model file; null only for methods that never read it "
+                           "(simple_average, weighted_average without sparsify, simple_ensemble, fisher_merging, regmean)"),
+        "models": Field(dict, help="model name -> file, or -> {path: file, task: TASK} (task optional); "
+                                   "pool order = the order written; a task name with a plain path = that task's model"),
+        "head_keys": Field(str, default=r"^score\.", help="regex of the head keys (never merged, kept per model)"),
+        "task_heads": Field(dict, default=None, nullable=True,
+                            help="{TASK: model name | average}: the head a task with several models is evaluated "
+                                 "and saved with (default: the average of their heads)"),
     }),
     # method + its parameters; the parameters are checked against the method's spec by the runner.
     "Merge": Section({"method": Field(str, help="a name of ppmerge.merge.METHODS")}, open=True),
     # null, or {grid: {Merge.key: [values], ...}} with one key (a curve) or two keys (a grid).
     "Sweep": Section({"grid": Field(dict)}, nullable=True),
     "TaskPool": Section({
-        "tasks": Field(list, help="GLUE task names to evaluate"),
+        "tasks": Field(list, help="tasks to evaluate (GLUE names or TaskPool.datasets names); each needs a model of that task"),
         "data_root": Field(str, default="./dataset"),
         "layout": Field(str, default="glue", choices=["glue", "fleetx"]),
         "roots": Field(dict, default=None, nullable=True, help="per-task dataset folder overrides"),
         "split": Field(str, default="dev"),
-        "batch_size": Field(int, default=32),
-        "max_length": Field(int, default=128),
-        "max_examples": Field(int, default=-1, help="-1: the whole split"),
+        "splits": Field(dict, default=None, nullable=True,
+                        help="per-task split overrides, e.g. {MNLI: dev_mismatched}"),
+        "batch_size": Field(int, default=32, min=1),
+        "max_length": Field(int, default=128, min=1, help="at most the model's max_position_embeddings"),
+        "max_examples": Field(int, default=-1, min=-1, help="-1: the whole split"),
         "model": _ARCH,
         "tokenizer": Section({
             "vocab_file": Field(str, default=None, nullable=True),
             "merges_file": Field(str, default=None, nullable=True),
         }),
-        "num_workers": Field(int, default=0),
+        "num_workers": Field(int, default=0, min=0),
     }),
     "Output": Section({
         "dir": Field(str, default="./output/merge"),
         "save_model": Field(bool, default=True),
+        "dtype": Field(str, default=None, nullable=True, choices=["float32", "float16", "bfloat16"],
+                       aliases={"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"},
+                       help="storage dtype of merged_model.pdparams (math stays float32; cast once when "
+                            "saving, tensor by tensor; bfloat16 as paddle's uint16 bits); null: the base's dtype"),
         "reference_rows": Section({
             "base": Field(bool, default=False),
             "finetuned": Field(bool, default=False),

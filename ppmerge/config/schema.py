@@ -16,6 +16,7 @@ and what was found; unknown keys come with a did-you-mean suggestion.
 """
 import copy
 import difflib
+import math
 
 from ppmerge.errors import ConfigError
 
@@ -53,15 +54,19 @@ class Field:
     choices: allowed values. Strings match case-insensitively and come out spelled as in `choices`.
     aliases: other accepted spellings, {alias: canonical choice} (matched case-insensitively).
     nullable: null is allowed (an absent key still gets `default`).
+    min, max: inclusive bounds of a number (0 is a value like any other, never "unset").
+    finite: a float must not be NaN or Inf (the default for float fields).
     """
 
-    def __init__(self, types, default=REQUIRED, choices=None, nullable=False, help="", aliases=None):
+    def __init__(self, types, default=REQUIRED, choices=None, nullable=False, help="", aliases=None,
+                 min=None, max=None, finite=True):
         self.types = tuple(types) if isinstance(types, (tuple, list)) else (types,)
         self.default = default
         self.choices = list(choices) if choices is not None else None
         self.nullable = nullable
         self.help = help
         self.aliases = dict(aliases or {})
+        self.min, self.max, self.finite = min, max, finite
         self._alias_lookup = {str(k).lower(): v for k, v in self.aliases.items()}
 
     @property
@@ -77,7 +82,12 @@ class Field:
         value = self._check_type(value, key, where)
         if self.choices is not None or self.aliases:
             value = self._check_choice(value, key, where)
+        check_number(value, key, where, self.min, self.max, self.finite)
         return copy.deepcopy(value)
+
+    def range_text(self):
+        """"≥ 1", "0 – 1", "finite" ... for docs (empty when unbounded)."""
+        return range_text(self.min, self.max, self.finite and float in self.types)
 
     def _check_type(self, value, key, where):
         for t in self.types:
@@ -104,6 +114,28 @@ class Field:
         if self.aliases:
             allowed += " (aliases: " + ", ".join(f"{a} = {c}" for a, c in self.aliases.items()) + ")"
         raise ConfigError(f"{where}: key '{key}' is {value!r}; allowed values: {allowed}")
+
+
+def check_number(value, key, where, min=None, max=None, finite=True):
+    """ConfigError when a number is NaN / Inf (finite) or outside [min, max]; other values pass."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if finite and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: key '{key}' is {value}; expected a finite number")
+    if (min is not None and value < min) or (max is not None and value > max):
+        raise ConfigError(f"{where}: key '{key}' is {value}; expected {range_text(min, max, False)}")
+
+
+def range_text(min=None, max=None, finite=False):
+    if min is not None and max is not None:
+        text = f"a number from {min} to {max}"
+    elif min is not None:
+        text = f"a number >= {min}"
+    elif max is not None:
+        text = f"a number <= {max}"
+    else:
+        return "a finite number" if finite else ""
+    return text
 
 
 class Section:

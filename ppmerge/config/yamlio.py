@@ -42,6 +42,8 @@ def parse_yaml(text, source="<string>"):
     """Parse YAML text; a syntax error is a ConfigError naming `source` and the line."""
     try:
         return yaml.load(text, Loader=ConfigLoader)
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: values nested too deeply (thousands of levels)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -1,10 +1,10 @@
 """GLUEDataset: one task split, tokenized once up front (fast tokenizer, batched)."""
 import numpy as np
 
-from ppmerge.data.readers import normalize_split, read_examples
+from ppmerge.data.readers import data_file, normalize_split, read_examples
 from ppmerge.data.tasks import get_task
 from ppmerge.data.tokenizer import EOS_ID
-from ppmerge.errors import UserError
+from ppmerge.errors import DataError, UserError
 from ppmerge.runtime import import_paddle
 
 paddle = import_paddle()   # quiet import, every CPU core
@@ -44,11 +44,20 @@ class GLUEDataset(paddle.io.Dataset):
         self.split = normalize_split(self.task, split)
         self.num_classes = self.task.num_classes
         self.max_length = max_length
+        self.path, columns, _ = data_file(self.task, root, self.split)
         self.examples = read_examples(self.task, root, self.split)
-        self.has_labels = bool(self.examples) and self.examples[0].label is not None
+        if not self.examples:
+            raise DataError(f"{self.path}: file has no examples ({self.task.name} {self.split})")
+        self.has_labels = columns.label is not None  # by the split's file format, not by its rows
         missing = -1.0 if self.task.is_regression else -1
         self.labels = [missing if ex.label is None else ex.label for ex in self.examples]
         self.input_ids = encode_examples(tokenizer, self.examples, max_length)
+
+    def require_labels(self, purpose):
+        """DataError naming the split and file when it has no labels (a test split) but `purpose` needs them."""
+        if not self.has_labels:
+            raise DataError(f"{self.path}: the {self.task.name} {self.split} split has no labels, but {purpose} "
+                            f"needs them (use a labelled split: train, dev, dev_matched, dev_mismatched)")
 
     def __len__(self):
         return len(self.examples)

@@ -12,11 +12,16 @@ is a DataError naming `file:line`.
 import csv
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
 from ppmerge.data.tasks import get_task
 from ppmerge.errors import DataError
+
+# GLUE fields can be long (a whole paragraph): lift the csv module's 128 KiB field limit. A field this
+# large is still a row like any other; only a row with the wrong column count or label is an error.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 class Example(NamedTuple):
@@ -154,7 +159,7 @@ def _parse_label(task, text, where):
             value = float(text)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value):
+        if not math.isfinite(value) or not 0.0 <= value <= 5.0:
             raise DataError(f"{where}: bad {task.name} label {text!r}: expected a similarity score (a number 0-5)")
         return value
     label = task.label_map.get(text)
@@ -199,4 +204,8 @@ def read_examples(task, root, split):
                 examples.append(Example(row[cols.a], text_b, label))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}:{rows.line_num}: unreadable row ({exc})") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected the {task.name} {split} file") from None
     return examples

@@ -29,9 +29,10 @@ from ppmerge.data import words as W
 from ppmerge.data.readers import FOLDERS
 from ppmerge.data.tasks import TASK_NAMES, get_task
 from ppmerge.errors import UserError
-from ppmerge.fileio import atomic_dir
+from ppmerge.fileio import atomic_dir, mark_output_dir, prepare_output_dir
 
 LAYOUTS = ("glue", "fleetx")
+KIND = "glue-data"  # the kind of output folder (ppmerge.fileio's marker)
 
 
 def task_root(task, base_dir, layout="glue"):
@@ -321,22 +322,27 @@ def _write_task(task, folder, layout, sizes, seed):
             _write_tsv(os.path.join(folder, f"{split}.tsv"), header, out)
 
 
-def write_glue_suite(out_dir, layout="glue", n_train=256, n_dev=128, n_test=32, seed=0, tasks=None):
+def write_glue_suite(out_dir, layout="glue", n_train=256, n_dev=128, n_test=32, seed=0, tasks=None,
+                     overwrite=False):
     """Write the generated suite under out_dir in one layout; returns {task name: its folder}.
 
-    Each task folder is written under a temporary name and renamed into place."""
+    out_dir must be new, empty, an earlier generated suite, or `overwrite` (ppmerge.fileio's rule:
+    nothing else in it is touched). Everything is written into a temporary folder first, then moved
+    into place file by file: a failed run leaves nothing behind."""
     if layout not in LAYOUTS:
         raise UserError(f"unknown data layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     for what, n in (("n_train", n_train), ("n_dev", n_dev), ("n_test", n_test)):
         if not isinstance(n, int) or n < 1:
             raise UserError(f"{what} must be a positive integer, got {n!r}")
     names = [get_task(t).name for t in (tasks or TASK_NAMES)]
+    prepare_output_dir(out_dir, KIND, overwrite=overwrite, what="--out")
     roots = {}
-    for name in names:
-        root = task_root(name, out_dir, layout)
-        with atomic_dir(root) as tmp:
-            _write_task(get_task(name), tmp, layout, (n_train, n_dev, n_test), seed)
-        roots[name] = root
+    with atomic_dir(out_dir, kind=KIND) as tmp:
+        for name in names:
+            folder = task_root(name, tmp, layout)
+            os.makedirs(folder)
+            _write_task(get_task(name), folder, layout, (n_train, n_dev, n_test), seed)
+            roots[name] = task_root(name, out_dir, layout)
     return roots
 
 
@@ -350,12 +356,25 @@ def main(argv=None):
     parser.add_argument("--n-test", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="+", default=None, help="subset of tasks (default: all nine)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out that is not an earlier generated suite (only the "
+                             "generated files are replaced; nothing else is deleted)")
     args = parser.parse_args(argv)
     layouts = LAYOUTS if args.layout == "both" else (args.layout,)
-    for layout in layouts:
-        out = os.path.join(args.out, layout) if args.layout == "both" else args.out
-        roots = write_glue_suite(out, layout, args.n_train, args.n_dev, args.n_test, args.seed, args.tasks)
+    outs = [os.path.join(args.out, layout) if args.layout == "both" else args.out for layout in layouts]
+    for n in (args.n_train, args.n_dev, args.n_test):
+        if n < 1:
+            raise UserError(f"--n-train / --n-dev / --n-test must be >= 1, got {n}")
+    if args.layout == "both":  # OUT holds the two layouts' folders: the same rule for OUT itself
+        prepare_output_dir(args.out, KIND, overwrite=args.overwrite, what="--out")
+    for out in outs:  # every folder checked before anything is written
+        prepare_output_dir(out, KIND, overwrite=args.overwrite, what="--out")
+    for layout, out in zip(layouts, outs):
+        roots = write_glue_suite(out, layout, args.n_train, args.n_dev, args.n_test, args.seed, args.tasks,
+                                 overwrite=args.overwrite)
         print(f"{layout}: wrote {len(roots)} tasks under {out}")
+    if args.layout == "both":
+        mark_output_dir(args.out, KIND)
     return 0
 
 

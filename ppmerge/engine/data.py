@@ -11,18 +11,23 @@ def _tokenizer(vocab_file, merges_file):
     return load_tokenizer(vocab_file, merges_file)
 
 
+def _value(section, key, default):
+    """section[key], `default` only when absent or null (0 is a value: the schema range-checks it)."""
+    value = section.get(key)
+    return default if value is None else value
+
+
 def build_dataset(cfg, mode, split=None):
-    """GLUEDataset for `Data.<mode>.dataset` (split overridable, e.g. eval.py --split test)."""
-    from ppmerge.data import GLUEDataset
+    """The model family's dataset for `Data.<mode>.dataset` (split overridable, e.g. eval.py --split
+    test): GLUEDataset for GPT, T5GLUEDataset (prompted text-to-text) for T5."""
+    from ppmerge.models.families import family_of_config
 
     section = (cfg.get("Data") or {}).get(mode)
     if not section or not section.get("dataset"):
         raise ConfigError(f"Data.{mode}.dataset: missing (expected name, root, split, max_length)")
     ds = section["dataset"]
-    tok = cfg.get("Tokenizer") or {}
-    return GLUEDataset(ds["name"], ds["root"], split or ds.get("split") or "train",
-                       _tokenizer(tok.get("vocab_file"), tok.get("merges_file")),
-                       max_length=int(ds.get("max_length") or 128))
+    return family_of_config(cfg).dataset(ds["name"], ds["root"], split or ds.get("split") or "train",
+                                         max_length=int(_value(ds, "max_length", 128)))
 
 
 def check_batch_sizes(cfg, accumulate_steps, world_size):
@@ -31,7 +36,7 @@ def check_batch_sizes(cfg, accumulate_steps, world_size):
     micro x Engine.accumulate_steps (one optimizer step on one rank), global_batch_size = local x ranks.
     A disagreement is an error, never silently ignored."""
     glob = cfg["Global"]
-    micro = int(((cfg["Data"].get("Train") or {}).get("sampler") or {}).get("batch_size") or 32)
+    micro = int(_value((cfg["Data"].get("Train") or {}).get("sampler") or {}, "batch_size", 32))
     expected = {"micro_batch_size": (micro, "Data.Train.sampler.batch_size"),
                 "local_batch_size": (micro * accumulate_steps,
                                      "Data.Train.sampler.batch_size x Engine.accumulate_steps"),
@@ -50,7 +55,7 @@ def build_loader(cfg, mode, dataset, num_replicas=1, rank=0, train=True):
     section = (cfg.get("Data") or {}).get(mode) or {}
     sampler = section.get("sampler") or {}
     loader = section.get("loader") or {}
-    batch_size = int(sampler.get("batch_size") or 32)
+    batch_size = int(_value(sampler, "batch_size", 32))
     return build_dataloader(dataset, batch_size,
                             shuffle=bool(sampler.get("shuffle", True)) and train,
                             drop_last=bool(sampler.get("drop_last", False)) and train,

@@ -19,6 +19,7 @@ its final weights there (the data-parallel test uses it).
 import datetime
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -28,9 +29,10 @@ import numpy as np
 from ppmerge.engine import amp, checkpoint
 from ppmerge.engine.data import build_loader, check_batch_sizes
 from ppmerge.engine.distributed import world
+from ppmerge.engine.logger import NullLogger, build_logger
 from ppmerge.engine.optim import build_lr_scheduler, build_optimizer
 from ppmerge.engine.seed import get_rng_states, set_rng_states
-from ppmerge.errors import ConfigError, DataError
+from ppmerge.errors import ConfigError, DataError, UserError
 from ppmerge.fileio import atomic_path, write_text
 from ppmerge.runtime import import_paddle
 
@@ -38,26 +40,29 @@ _RUN_MODES = ("epoch", "step")
 
 
 class Engine:
-    def __init__(self, cfg, module, out=None):
+    def __init__(self, cfg, module, out=None, overwrite=False):
         self.paddle = paddle = import_paddle()
         self.cfg, self.module = cfg, module
         self.out = out or sys.stdout
         eng = cfg["Engine"]
-        self.run_mode = eng.get("run_mode") or "epoch"
+        self.run_mode = _value(eng, "run_mode", "epoch")
         if self.run_mode not in _RUN_MODES:
             raise ConfigError(f"Engine.run_mode: {self.run_mode!r} is not supported; expected epoch or step")
-        self.num_train_epochs = int(eng.get("num_train_epochs") or 0)
-        self.max_steps = int(eng.get("max_steps") or -1)
-        self.accumulate_steps = int(eng.get("accumulate_steps") or 1)
+        self.num_train_epochs = int(_value(eng, "num_train_epochs", 0))
+        self.max_steps = int(_value(eng, "max_steps", -1))
+        self.accumulate_steps = int(_value(eng, "accumulate_steps", 1))
         if self.accumulate_steps < 1:
             raise ConfigError(f"Engine.accumulate_steps must be >= 1, got {self.accumulate_steps}")
-        self.logging_freq = max(int(eng.get("logging_freq") or 1), 1)
-        self.eval_freq = int(eng.get("eval_freq") or 0)
-        self.eval_iters = int(eng.get("eval_iters") or -1)
+        self.logging_freq = int(_value(eng, "logging_freq", 10))
+        if self.logging_freq < 1:
+            raise ConfigError(f"Engine.logging_freq must be >= 1, got {self.logging_freq}")
+        self.eval_freq = int(_value(eng, "eval_freq", 1))
+        self.eval_iters = int(_value(eng, "eval_iters", -1))
         save_load = eng.get("save_load") or {}
-        self.output_dir = save_load.get("output_dir") or "./output"
-        self.save_epoch = int(save_load.get("save_epoch") or 0)
-        self.save_steps = int(save_load.get("save_steps") or -1)
+        self.output_dir = _value(save_load, "output_dir", "./output")
+        self.save_epoch = int(_value(save_load, "save_epoch", 1))
+        self.save_steps = int(_value(save_load, "save_steps", -1))
+        self.overwrite = overwrite
         self.ckpt_dir = save_load.get("ckpt_dir")
 
         self.world_size, self.rank = world()
@@ -71,6 +76,7 @@ class Engine:
         self.history = []         # training loss per optimizer step (mean over its micro-batches)
         self.eval_history = []    # (global_step, metrics) per evaluation
         self.last_checkpoint = None
+        self.logger = NullLogger()  # Engine.logger (ppmerge/engine/logger.py), opened by fit
 
     # ------------------------------------------------------------------ output
     def _print(self, line):
@@ -113,9 +119,14 @@ class Engine:
     def fit(self, train_dataset, eval_dataset=None):
         """Train on `train_dataset`, evaluating on `eval_dataset`; returns a summary dict."""
         paddle = self.paddle
+        train_dataset_checks(train_dataset)
+        if eval_dataset is not None and hasattr(eval_dataset, "require_labels"):
+            eval_dataset.require_labels("evaluation during training")
+        if self.is_main:  # before any work: refuses a folder of someone else's files, read-only, full
+            self.prepare_output_dir(mark=False)
         trace = _Trace(self.rank) if os.environ.get("PPMERGE_TRACE_DIR") else None
         loader = build_loader(self.cfg, "Train", trace.wrap(train_dataset) if trace else train_dataset,
-                              self.world_size, self.rank, train=True)
+                              self.world_size, self.rank, train=True, collate_fn=self.module.collate)
         sampler = loader.batch_sampler
         acc = self.accumulate_steps
         steps_per_epoch = len(sampler) // acc
@@ -133,7 +144,9 @@ class Engine:
         if self.is_main:
             from ppmerge.config import save_config
 
+            self.prepare_output_dir(mark=True)
             save_config(self.cfg, os.path.join(self.output_dir, "config.yaml"))
+        self.logger = build_logger(self.cfg["Engine"].get("logger"), self.output_dir, self.is_main)
 
         samples_per_step = sampler.batch_size * acc * self.world_size
         self._print(f"[train] {len(train_dataset)} examples, {steps_per_epoch} steps per epoch, {total} steps "
@@ -166,6 +179,8 @@ class Engine:
                 scaled = loss / acc if acc > 1 else loss
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 micro_losses.append(float(loss))
+                if not math.isfinite(micro_losses[-1]):
+                    self._diverged(micro_losses[-1], state)
                 if len(micro_losses) < acc:
                     continue
                 lr = self.optimizer.get_lr()
@@ -180,6 +195,7 @@ class Engine:
                 state["step_in_epoch"] += 1
                 step = state["global_step"]
                 self.history.append(float(np.mean(micro_losses)))
+                self.logger.train(step, self.history[-1], lr)
                 micro_losses = []
                 bar.update(1)
                 if step % self.logging_freq == 0 or step == total:
@@ -211,13 +227,33 @@ class Engine:
         self._print(f"[train] done: {step} steps in {datetime.timedelta(seconds=round(time.perf_counter() - start_time))}"
                     + (f", best {self.best['key']}: {self.best['value']:.5f} at step {self.best['global_step']}"
                        if self.best else ""))
+        self.logger.close()
         return {"global_step": step, "best": self.best, "last_checkpoint": self.last_checkpoint,
                 "eval": self.eval_history[-1][1] if self.eval_history else None}
+
+    def prepare_output_dir(self, mark=True):
+        """Engine.save_load.output_dir may take this run's checkpoints (ppmerge.fileio's rule: new, empty,
+        an earlier training output, or overwrite), with room for one checkpoint; `mark`: create it,
+        marked as a training output."""
+        from ppmerge.fileio import mark_output_dir, prepare_output_dir
+
+        numel = sum(int(np.prod(p.shape)) for p in self.module.network.parameters())
+        prepare_output_dir(self.output_dir, "train", overwrite=self.overwrite, need_bytes=numel * 4 * 3,
+                           what="Engine.save_load.output_dir")
+        if mark:
+            mark_output_dir(self.output_dir, "train")
+
+    def _diverged(self, loss, state):
+        last = self.last_checkpoint or (self.ckpt_dir if self.ckpt_dir else None)
+        raise TrainingDiverged(
+            f"training stopped: the loss became {loss} at step {state['global_step'] + 1} (epoch {state['epoch']}); "
+            f"nothing was saved from this step on, the last good checkpoint is {last or 'none (no save yet)'}; "
+            f"lower Optimizer.lr.learning_rate, check the data and Model.pretrained")
 
     # ------------------------------------------------------------------ eval
     def _eval_batch_size(self):
         section = self.cfg["Data"].get("Eval") or {}
-        return int((section.get("sampler") or {}).get("batch_size") or 32)
+        return int(_value(section.get("sampler") or {}, "batch_size", 32))
 
     def _eval_outputs(self, dataset, count=None):
         """(logits float32 [n, C], labels [n]) of the first `count` examples (all by default), in
@@ -226,8 +262,9 @@ class Engine:
         from ppmerge.data import build_eval_dataloader, restore_order
 
         paddle = self.paddle
-        num_workers = int(((self.cfg["Data"].get("Eval") or {}).get("loader") or {}).get("num_workers") or 0)
-        loader = build_eval_dataloader(dataset, self._eval_batch_size(), num_workers=num_workers, count=count)
+        num_workers = int(_value((self.cfg["Data"].get("Eval") or {}).get("loader") or {}, "num_workers", 0))
+        loader = build_eval_dataloader(dataset, self._eval_batch_size(), num_workers=num_workers, count=count,
+                                       collate_fn=self.module.collate)
         network = self.module.network
         was_training = network.training
         network.eval()
@@ -251,16 +288,15 @@ class Engine:
         paddle = self.paddle
         start = time.perf_counter()
         count = self.eval_iters * self._eval_batch_size() if self.eval_iters > 0 else None
+        if hasattr(dataset, "require_labels"):
+            dataset.require_labels("evaluation")
         logits, labels = self._eval_outputs(dataset, count)
         if not len(labels):
-            raise DataError(f"{self.module.task.name} {getattr(dataset, 'split', 'eval')}: no examples to evaluate")
-        metric = self.module.build_metric()
-        metric.update(logits, labels)
-        results = metric.accumulate()
-        loss = self.module.eval_loss(paddle.to_tensor(logits), paddle.to_tensor(labels))
-        results["loss"] = float(loss)
+            where = getattr(dataset, "path", None) or f"{self.module.task.name} {getattr(dataset, 'split', 'eval')}"
+            raise DataError(f"{where}: no examples to evaluate")
+        results = self.module.compute_metrics(logits, labels)  # the family's metric (+ GPT: eval loss)
         speed = len(labels) / max(time.perf_counter() - start, 1e-9)
-        shown = ", ".join(f"{k}: {v:.5f}" for k, v in results.items())
+        shown = ", ".join(f"{k}: {v:.5f}" for k, v in results.items() if isinstance(v, (int, float)))
         self._print(f"[{tag}] {self.module.task.name}: {shown}, examples: {len(labels)}, samples/s: {speed:.1f}")
         return results
 
@@ -271,6 +307,7 @@ class Engine:
     def _evaluate_and_track(self, dataset, state):
         results = self.evaluate(dataset, tag=f"eval epoch {_last_step_epoch(state)} step {state['global_step']}")
         self.eval_history.append((state["global_step"], results))
+        self.logger.eval(state["global_step"], results)
         key = self.module.build_metric().main_key
         if self.best is None or results[key] > self.best["value"]:
             self.best = {"key": key, "value": float(results[key]), "global_step": state["global_step"]}
@@ -306,6 +343,22 @@ class Engine:
     def load(self, folder):
         """Load only the weights of a checkpoint folder (for evaluation)."""
         checkpoint.load_checkpoint(folder, self.module.network)
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN / Inf."""
+
+
+def train_dataset_checks(dataset):
+    """A training set must have examples and labels (a test split has none)."""
+    if hasattr(dataset, "require_labels"):
+        dataset.require_labels("training")
+
+
+def _value(section, key, default):
+    """section[key], `default` only when absent or null (0 is a value: the schema range-checks it)."""
+    value = section.get(key)
+    return default if value is None else value
 
 
 def _last_step_epoch(state):

@@ -27,6 +27,11 @@ def _extension(path):
     return ext
 
 
+def checkpoint_format(path):
+    """".pdparams", ".pdopt" or ".safetensors" from `path`'s extension; CheckpointError otherwise."""
+    return _extension(os.fspath(path))
+
+
 def _check_exists(path):
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -40,6 +45,30 @@ def _check_state_dict(obj, path):
             raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; "
                                   f"expected a state dict of tensors")
     return obj
+
+
+def non_finite_key(state_dict):
+    """The first key (in order) whose floating values hold a NaN or Inf, with "NaN" or "Inf"; else None.
+    A sum is non-finite when an entry is, so a finite tensor costs one reduction and no temporary."""
+    for key, value in state_dict.items():
+        value = np.asarray(value)
+        if value.dtype == np.uint16:  # bf16 bits (paddle's convention)
+            value = to_float32(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = value.sum(dtype=np.float64)
+        if not np.isfinite(total) and not np.isfinite(value).all():
+            return key, "NaN" if np.isnan(value).any() else "Inf"
+    return None
+
+
+def check_finite(state_dict, source):
+    """CheckpointError naming `source` and the first key with NaN / Inf values."""
+    bad = non_finite_key(state_dict)
+    if bad:
+        raise CheckpointError(f"{source}: {bad[0]} holds {bad[1]} values (a diverged or damaged model); "
+                              f"refusing to use it")
 
 
 def load_numpy_state_dict(path):
@@ -372,6 +401,7 @@ def load_pretrained(model, path, task=None):
         if key in state_dict and tuple(state_dict[key].shape) != tuple(param.shape):
             raise CheckpointError(f"{file}: {key} has shape {list(state_dict[key].shape)} in the file but "
                                   f"{list(param.shape)} in the model (check Model.vocab_size / num_classes / sizes)")
+    check_finite({key: state_dict[key] for key in params if key in state_dict}, file)
     from ppmerge.runtime import import_paddle
 
     paddle = import_paddle()

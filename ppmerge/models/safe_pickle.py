@@ -114,9 +114,18 @@ def read_pickle(path):
         raise CheckpointError(f"checkpoint file not found: {path}") from None
     except CheckpointError:
         raise
+    except RecursionError:
+        raise CheckpointError(_too_deep(path)) from None
     except Exception as exc:  # truncated or not a pickle at all
         raise CheckpointError(f"{path}: not a readable .pdparams pickle ({type(exc).__name__}: {exc})") from None
-    return _unwrap(obj)
+    try:
+        return _unwrap(obj)
+    except RecursionError:
+        raise CheckpointError(_too_deep(path)) from None
+
+
+def _too_deep(path):
+    return f"{path}: not a checkpoint: its structure is nested thousands of levels deep (a state dict is name → tensor)"
 
 
 def bf16_as_uint16(array):
@@ -282,6 +291,9 @@ class LazyPickle:
         except CheckpointError:
             self.close()
             raise
+        except RecursionError:
+            self.close()
+            raise CheckpointError(_too_deep(self.path)) from None
         except Exception as exc:  # truncated or not a pickle at all
             self.close()
             raise CheckpointError(f"{self.path}: not a readable .pdparams pickle ({type(exc).__name__}: {exc})") from None

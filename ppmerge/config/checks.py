@@ -1,0 +1,43 @@
+"""Checks across keys, run after the schema's per-key checks (load_config): things no single key can
+know, e.g. that `max_length` fits the model's positions. Each is a one-line ConfigError naming the key."""
+from ppmerge.errors import ConfigError
+
+
+def _positions(model_cfg):
+    """The GPT model's max_position_embeddings (the key, else its preset's), or None: not a GPT preset
+    (T5's positions are relative: any length)."""
+    from ppmerge.models.presets import ARCH_ALIASES, ARCH_PRESETS
+
+    if model_cfg.get("max_position_embeddings") is not None:
+        return int(model_cfg["max_position_embeddings"]), "max_position_embeddings"
+    name = str(model_cfg.get("name") or "gpt-345m").strip().lower()
+    name = ARCH_ALIASES.get(name, name)
+    if name not in ARCH_PRESETS:
+        return None, None
+    return int(ARCH_PRESETS[name]["max_position_embeddings"]), f"the {name} preset's max_position_embeddings"
+
+
+def _check_length(length_key, length, model_key, model_cfg, where):
+    positions, source = _positions(model_cfg)
+    if positions is not None and length > positions:
+        raise ConfigError(f"{where(length_key)}: key '{length_key}' is {length}, longer than the model's "
+                          f"{positions} positions ({model_key}: {source}); set it to at most {positions}")
+
+
+def check_config(cfg, where):
+    """Cross-key checks of a validated config (training or merge); `where(key)` names the source."""
+    if "TaskPool" in cfg:  # a merge config
+        pool = cfg["TaskPool"]
+        _check_length("TaskPool.max_length", pool["max_length"], "TaskPool.model", pool["model"], where)
+        split = str(pool.get("split") or "").lower()
+        if split.startswith("test"):
+            raise ConfigError(f"{where('TaskPool.split')}: key 'TaskPool.split' is {pool['split']!r}: test splits "
+                              f"have no labels, and the task pool scores the merged model against labels; "
+                              f"use dev (or dev_matched / dev_mismatched)")
+        return cfg
+    data, model = cfg.get("Data") or {}, cfg.get("Model") or {}
+    for mode in ("Train", "Eval", "Test"):
+        dataset = (data.get(mode) or {}).get("dataset")
+        if dataset and dataset.get("max_length") is not None:
+            _check_length(f"Data.{mode}.dataset.max_length", dataset["max_length"], "Model", model, where)
+    return cfg
