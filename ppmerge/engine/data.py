@@ -18,16 +18,17 @@ def _value(section, key, default):
 
 
 def build_dataset(cfg, mode, split=None):
-    """The model family's dataset for `Data.<mode>.dataset` (split overridable, e.g. eval.py --split
-    test): GLUEDataset for GPT, T5GLUEDataset (prompted text-to-text) for T5."""
-    from ppmerge.models.families import family_of_config
+    """GLUEDataset for `Data.<mode>.dataset` (split overridable, e.g. eval.py --split test)."""
+    from ppmerge.data import GLUEDataset
 
     section = (cfg.get("Data") or {}).get(mode)
     if not section or not section.get("dataset"):
         raise ConfigError(f"Data.{mode}.dataset: missing (expected name, root, split, max_length)")
     ds = section["dataset"]
-    return family_of_config(cfg).dataset(ds["name"], ds["root"], split or ds.get("split") or "train",
-                                         max_length=int(_value(ds, "max_length", 128)))
+    tok = cfg.get("Tokenizer") or {}
+    return GLUEDataset(ds["name"], ds["root"], split or ds.get("split") or "train",
+                       _tokenizer(tok.get("vocab_file"), tok.get("merges_file")),
+                       max_length=int(_value(ds, "max_length", 128)))
 
 
 def check_batch_sizes(cfg, accumulate_steps, world_size):
