@@ -246,3 +246,43 @@ def test_tool_lists_match_the_tables():
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.SOURCE_NAMES == list(SOURCES) and tool.TARGET_NAMES == list(TARGETS)
+
+
+# ----------------------------------------------------------------------------- Output.dtype of merges
+
+@pytest.mark.parametrize("dtype", [None, "float16", "bf16"])
+def test_merge_output_dtype(tmp_path, dtype):
+    import ml_dtypes
+
+    from ppmerge.config.merge_schema import MERGE_SCHEMA
+    from ppmerge.config.schema import validate
+    from ppmerge.merge.runner import run_merge
+    from ppmerge.models import build_model, load_pretrained
+    from test_merge_runner_support import TASKS, make_pool, raw_config
+
+    paths, sds = make_pool(str(tmp_path / "pool"), tasks=TASKS[:2])
+    raw = raw_config(paths, str(tmp_path / "no-data"), str(tmp_path / "out"), tasks=TASKS[:2])
+    raw["TaskPool"]["tasks"] = []
+    raw["ModelPool"]["models"] = {t: paths[t] for t in TASKS[:2]}
+    raw["Output"]["dtype"] = dtype
+    result = run_merge(validate(raw, MERGE_SCHEMA), progress=False)
+    merged = load_numpy_state_dict(result["model_file"])
+    for key, value in sds["base"].items():
+        if key == "score.weight":
+            continue
+        mean = np.mean([sds[t][key] for t in TASKS[:2]], axis=0, dtype=np.float32)
+        if dtype is None:
+            assert merged[key].dtype == np.float32
+            np.testing.assert_allclose(merged[key], mean, rtol=1e-6, atol=1e-7)
+        else:
+            want = mean.astype(ml_dtypes.bfloat16 if dtype == "bf16" else np.float16)
+            got = merged[key].view(ml_dtypes.bfloat16) if dtype == "bf16" else merged[key]
+            assert got.dtype == want.dtype, key
+            # the cast is of the float32 merge: equal, or one rounding step apart where the float32 sum
+            # order differs from numpy's mean by an ulp
+            np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2 if dtype == "bf16"
+                                       else 1e-3, atol=1e-6)
+    for task in TASKS[:2]:
+        assert f"heads.{task}.score.weight" in merged
+    model = build_model({"name": "gpt-tiny"}, 2)
+    load_pretrained(model, result["model_file"], task="SST2")  # reads back into a float32 model
