@@ -135,3 +135,96 @@ def build_metric(name):
     if name not in METRICS:
         raise ConfigError(f"Model.metric: unknown metric {name!r}; expected one of {', '.join(METRICS)}")
     return METRICS[name]()
+
+
+# ---------------------------------------------------------------- text-to-text (T5 family)
+
+def parse_float(text):
+    """FusionBench's STS-B rule: the answer as a float, 0.0 when it is not a number (or not finite)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        return 0.0, False
+    return (value, True) if np.isfinite(value) else (0.0, False)
+
+
+class GenerationMetric:
+    """Generated answers against GLUE labels, FusionBench's way and then some.
+
+    `update(preds, labels)`: `preds` are answer texts, or generated token ids `[n, G]` (decoded with
+    `tokenizer.batch_decode`, special ids dropped); `labels` the GLUE labels (class ids / scores).
+
+    Classification (`prompt["targets"]` a tuple of answer words, class-id order):
+      accuracy      exact string match with the label's answer word (FusionBench's metric)
+      invalid_rate  share of answers that are none of the answer words (FusionBench does not show it)
+      num_invalid, confusion_matrix  ([true][predicted] counts over the valid answers only)
+    Regression (STS-B, `targets` a format such as "{:.1f}"):
+      spearman      Spearman's rho between the answers parsed as floats (unparseable → 0.0, as
+                    FusionBench) and the labels formatted the way the targets are ("3.84" → 3.8,
+                    FusionBench parses its decoded target text); pearson too; invalid_rate = share
+                    of unparseable answers. Constant input → 0.0 (as PearsonAndSpearman).
+    `main_key`: accuracy, or spearman for STS-B.
+    """
+
+    def __init__(self, task, prompt, tokenizer=None):
+        from ppmerge.data.tasks import get_task
+
+        self.task = get_task(task)
+        self.prompt = prompt
+        self.tokenizer = tokenizer
+        self.is_regression = isinstance(prompt["targets"], str)
+        self.name = "ExactMatch" if not self.is_regression else "GeneratedSpearman"
+        self.main_key = "spearman" if self.is_regression else "accuracy"
+        self.reset()
+
+    def reset(self):
+        self._texts, self._labels = [], []
+
+    def _decode(self, preds):
+        if isinstance(preds, (list, tuple)) and all(isinstance(p, str) for p in preds):
+            return list(preds)
+        if self.tokenizer is None:
+            raise ValueError("GenerationMetric: token ids given but no tokenizer to decode them")
+        return self.tokenizer.batch_decode(_to_numpy(preds))
+
+    def update(self, preds, labels):
+        texts = self._decode(preds)
+        labels = _to_numpy(labels).reshape(-1)
+        if len(texts) != len(labels):
+            raise ValueError(f"{self.name}: {len(texts)} answers for {len(labels)} labels")
+        self._texts.extend(texts)
+        self._labels.append(labels)
+
+    def texts(self):
+        return list(self._texts)
+
+    def accumulate(self):
+        if not self._labels:
+            raise ValueError(f"{self.name}: accumulate() called before any update()")
+        labels = np.concatenate(self._labels)
+        n = len(labels)
+        if self.is_regression:
+            from scipy.stats import pearsonr, spearmanr
+
+            parsed = [parse_float(t) for t in self._texts]
+            preds = np.array([v for v, _ in parsed], dtype=np.float64)
+            invalid = int(sum(not ok for _, ok in parsed))
+            gold = np.array([parse_float(self.prompt["targets"].format(float(y)))[0] for y in labels])
+            if n < 2 or np.ptp(preds) == 0 or np.ptp(gold) == 0:
+                spearman = pearson = 0.0
+            else:
+                spearman, pearson = float(spearmanr(preds, gold)[0]), float(pearsonr(preds, gold)[0])
+            return {"spearman": spearman, "pearson": pearson, "invalid_rate": invalid / max(n, 1),
+                    "num_invalid": invalid}
+        from sklearn.metrics import confusion_matrix
+
+        words = list(self.prompt["targets"])
+        index = {w: i for i, w in enumerate(words)}
+        preds = np.array([index.get(t, -1) for t in self._texts], dtype=np.int64)
+        labels = labels.astype(np.int64)
+        valid = preds >= 0
+        matrix = confusion_matrix(labels[valid], preds[valid], labels=list(range(len(words)))) \
+            if valid.any() else np.zeros((len(words), len(words)), np.int64)
+        return {"accuracy": float(np.mean(preds == labels)) if n else 0.0,
+                "invalid_rate": float(np.mean(~valid)) if n else 0.0, "num_invalid": int((~valid).sum()),
+                "confusion_matrix": matrix.astype(int).tolist()}

@@ -23,3 +23,12 @@ def glue_suite(tmp_path_factory):
         out[layout] = str(base / layout)
         write_glue_suite(out[layout], layout=layout, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def t5_spiece(glue_suite, tmp_path_factory):
+    """A sentencepiece model with T5's special ids trained on the generated suite + prompt text (once)."""
+    from ppmerge.data.t5_tokenizer import suite_texts, train_sentencepiece
+
+    path = tmp_path_factory.mktemp("spiece") / "spiece.model"
+    return train_sentencepiece(suite_texts(glue_suite["glue"]), path, vocab_size=1000)

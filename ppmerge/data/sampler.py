@@ -88,15 +88,15 @@ class ShuffleBatchSampler(paddle.io.BatchSampler):
 
 
 def build_dataloader(dataset, batch_size, shuffle, drop_last, seed, num_workers=0,
-                     num_replicas=None, rank=None):
+                     num_replicas=None, rank=None, collate_fn=None):
     """paddle DataLoader over ShuffleBatchSampler + collate_batch.
 
     Each batch is a dict of paddle Tensors: input_ids int64 [B, Lmax], lengths int64 [B],
     labels int64 [B] (float32 for STS-B). `loader.batch_sampler` is the ShuffleBatchSampler
-    (call its set_epoch / set_start_step)."""
+    (call its set_epoch / set_start_step). `collate_fn`: another family's collate (T5), default collate_batch."""
     sampler = ShuffleBatchSampler(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last,
                                   seed=seed, num_replicas=num_replicas, rank=rank)
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch,
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn or collate_batch,
                                 num_workers=num_workers, return_list=True)
 
 
@@ -119,9 +119,9 @@ class LengthSortedBatchSampler(paddle.io.BatchSampler):
         return len(self.batches)
 
 
-def build_eval_dataloader(dataset, batch_size, num_workers=0, count=None):
+def build_eval_dataloader(dataset, batch_size, num_workers=0, count=None, collate_fn=None):
     """paddle DataLoader over the first `count` examples (all by default) in length-sorted batches,
     each padded to its own longest (collate_batch). `loader.batch_sampler.batches` restores the order."""
     sampler = LengthSortedBatchSampler(sequence_lengths(dataset, count), batch_size)
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch,
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn or collate_batch,
                                 num_workers=num_workers, return_list=True)

@@ -18,17 +18,16 @@ def _value(section, key, default):
 
 
 def build_dataset(cfg, mode, split=None):
-    """GLUEDataset for `Data.<mode>.dataset` (split overridable, e.g. eval.py --split test)."""
-    from ppmerge.data import GLUEDataset
+    """The model family's dataset for `Data.<mode>.dataset` (split overridable, e.g. eval.py --split
+    test): GLUEDataset for GPT, T5GLUEDataset (prompted text-to-text) for T5."""
+    from ppmerge.models.families import family_of_config
 
     section = (cfg.get("Data") or {}).get(mode)
     if not section or not section.get("dataset"):
         raise ConfigError(f"Data.{mode}.dataset: missing (expected name, root, split, max_length)")
     ds = section["dataset"]
-    tok = cfg.get("Tokenizer") or {}
-    return GLUEDataset(ds["name"], ds["root"], split or ds.get("split") or "train",
-                       _tokenizer(tok.get("vocab_file"), tok.get("merges_file")),
-                       max_length=int(_value(ds, "max_length", 128)))
+    return family_of_config(cfg).dataset(ds["name"], ds["root"], split or ds.get("split") or "train",
+                                         max_length=int(_value(ds, "max_length", 128)))
 
 
 def check_batch_sizes(cfg, accumulate_steps, world_size):
@@ -49,7 +48,7 @@ def check_batch_sizes(cfg, accumulate_steps, world_size):
                               f"(set Global.{key}={value} or null, or change the batch keys to match)")
 
 
-def build_loader(cfg, mode, dataset, num_replicas=1, rank=0, train=True):
+def build_loader(cfg, mode, dataset, num_replicas=1, rank=0, train=True, collate_fn=None):
     """DataLoader over `dataset` with `Data.<mode>.sampler` / `.loader`; eval never shuffles or drops."""
     from ppmerge.data import build_dataloader
 
@@ -61,4 +60,4 @@ def build_loader(cfg, mode, dataset, num_replicas=1, rank=0, train=True):
                             shuffle=bool(sampler.get("shuffle", True)) and train,
                             drop_last=bool(sampler.get("drop_last", False)) and train,
                             seed=int(cfg["Global"]["seed"]), num_workers=int(loader.get("num_workers") or 0),
-                            num_replicas=num_replicas, rank=rank)
+                            num_replicas=num_replicas, rank=rank, collate_fn=collate_fn)

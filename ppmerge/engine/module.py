@@ -1,17 +1,19 @@
 """FinetuneModule: what one fine-tuning step computes (PaddleFleetX's GPTFinetuneModule idea).
 
-It owns the model (built from `Model`, with `Model.pretrained` loaded), the losses from
-`Model.loss` and the eval metric from `Model.metric.eval`. The task comes from `Data.Train.dataset.name`
-(or `Data.Eval`); `Model.num_classes` and the loss must agree with it: STS-B is regression
-(num_classes 1, MSELoss), MNLI has 3 classes. FleetX users set these with `-o`; a mismatch is a
-ConfigError that says what to set."""
+It owns the model and asks the model family (`ppmerge.models.families`: GPT + classification head,
+or T5 text-to-text) for everything that depends on it: building, loading `Model.pretrained`,
+collating a batch, the training loss, the eval outputs and the metrics. The task comes from
+`Data.Train.dataset.name` (or `Data.Eval`). For GPT, `Model.num_classes` and the loss must agree
+with it: STS-B is regression (num_classes 1, MSELoss), MNLI has 3 classes; FleetX users set these
+with `-o`, a mismatch is a ConfigError that says what to set. T5 needs neither (answers are text).
+
+`Model.lora` (null = full fine-tuning) wraps the network in paddlenlp's LoRAModel with only the
+LoRA weights trainable (`ppmerge.models.families.lora`); `export(output_dir)` then writes the
+adapter (and the merged model on request) after training."""
 from ppmerge.data.tasks import get_task
 from ppmerge.engine.seed import seed_everything
-from ppmerge.errors import ConfigError
-from ppmerge.metrics import build_metric
-from ppmerge.runtime import import_paddle, set_device
-
-_LOSSES = ("CrossEntropyLoss", "MSELoss")
+from ppmerge.errors import ConfigError, UserError
+from ppmerge.runtime import set_device
 
 
 def config_task(cfg):
@@ -29,58 +31,102 @@ def config_task(cfg):
 
 
 def check_model_matches_task(model_cfg, task):
-    """num_classes and losses must fit the task (a mismatch trains a head of the wrong size)."""
-    num_classes = model_cfg.get("num_classes")
-    if num_classes != task.num_classes:
-        raise ConfigError(f"Model.num_classes is {num_classes} but task {task.name} has {task.num_classes} "
-                          f"(set -o Model.num_classes={task.num_classes})")
-    for mode in ("train", "eval"):
-        name = ((model_cfg.get("loss") or {}).get(mode) or {}).get("name") or task.loss
-        if name not in _LOSSES:
-            raise ConfigError(f"Model.loss.{mode}.name: {name!r} is not supported; expected one of {', '.join(_LOSSES)}")
-        if name != task.loss:
-            raise ConfigError(f"Model.loss.{mode}.name is {name} but task {task.name} needs {task.loss} "
-                              f"(set -o Model.loss.{mode}.name={task.loss})")
+    """GPT: num_classes and losses must fit the task (kept for callers of the old name)."""
+    from ppmerge.models.families import get_family
 
-
-def build_loss(name):
-    paddle = import_paddle()
-    if name == "MSELoss":
-        mse = paddle.nn.MSELoss()
-        # [B, 1] scores against float labels [B]
-        return lambda logits, labels: mse(logits.astype("float32"), labels.astype("float32").reshape([-1, 1]))
-    cross_entropy = paddle.nn.CrossEntropyLoss()
-    return lambda logits, labels: cross_entropy(logits.astype("float32"), labels.astype("int64").reshape([-1]))
+    get_family(model_cfg).check(task)
 
 
 class FinetuneModule:
     def __init__(self, cfg, pretrained=True):
-        from ppmerge.models import build_model, load_pretrained
+        from ppmerge.models.families import family_of_config
 
         self.cfg = cfg
         self.task = config_task(cfg)
         model_cfg = cfg["Model"]
-        check_model_matches_task(model_cfg, self.task)
+        self.family = family_of_config(cfg)
+        self.family.check(self.task)
+        self.lora_cfg = model_cfg.get("lora")
         set_device(cfg["Global"].get("device") or "cpu")
         seed_everything(int(cfg["Global"]["seed"]))  # before building: the init is seeded too
-        self.network = build_model(model_cfg, self.task.num_classes)
+        self.network = self.family.build(self.task)
+        path = model_cfg.get("pretrained")
+        lora_weights = None
+        if pretrained and path:
+            lora_weights = self._lora_checkpoint(path)
+            if lora_weights is None:
+                self.family.load_pretrained(self.network, path, self.task)
+        if self.lora_cfg:
+            from ppmerge.models.families.lora import apply_lora
+
+            self.network = apply_lora(self.network, self.lora_cfg, self.family)
+            if lora_weights is not None:
+                self._load_lora_checkpoint(lora_weights, path)
+        elif lora_weights is not None:
+            raise ConfigError(f"Model.pretrained: {path} is a LoRA training checkpoint; set Model.lora as in "
+                              f"that run (or load its merged_model.pdparams)")
         self.model = self.network  # the engine may wrap it (paddle.DataParallel)
-        if pretrained and model_cfg.get("pretrained"):
-            load_pretrained(self.network, model_cfg["pretrained"], task=self.task.name)
-        self.train_loss = build_loss(model_cfg["loss"]["train"]["name"])
-        self.eval_loss = build_loss(model_cfg["loss"]["eval"]["name"])
-        self.metric_name = ((model_cfg.get("metric") or {}).get("eval") or {}).get("name") or self.task.metric
+
+    # ---- LoRA checkpoints: the whole LoRAModel (base + adapter) as training saved it ---------------------
+    @staticmethod
+    def _lora_checkpoint(path):
+        import os
+
+        from ppmerge.models.checkpoint import load_numpy_state_dict, resolve_checkpoint_path
+
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "model.pdparams")):
+            return None
+        try:
+            file = resolve_checkpoint_path(path)
+        except UserError:
+            return None  # the family's loader says what is wrong
+        if not file.endswith(".pdparams"):
+            return None
+        from ppmerge.models.checkpoint import open_state_dict
+
+        with open_state_dict(file) as lazy:
+            if not any(".lora_" in key for key in lazy.shapes):
+                return None
+        return load_numpy_state_dict(file)
+
+    def _load_lora_checkpoint(self, weights, path):
+        from ppmerge.errors import CheckpointError
+
+        expected = set(self.network.state_dict())
+        if set(weights) != expected:
+            missing = sorted(expected - set(weights))[:3]
+            extra = sorted(set(weights) - expected)[:3]
+            raise CheckpointError(f"{path} does not match this LoRA model (check Model.lora): missing {missing}, "
+                                  f"unexpected {extra}")
+        self.network.set_state_dict(weights)
+
+    # ---- what the engine calls ---------------------------------------------------------------------
+    def collate(self, samples):
+        return self.family.collate(samples)
 
     def build_metric(self):
-        return build_metric(self.metric_name)
-
-    def forward(self, batch):
-        return self.model(batch["input_ids"], batch["lengths"])
+        return self.family.metric(self.task)
 
     def training_step(self, batch):
         """The training loss of one micro-batch (a scalar tensor with grad)."""
-        return self.train_loss(self.forward(batch), batch["labels"])
+        return self.family.loss(self.model, batch, self.task, "train")
 
     def eval_step(self, batch):
-        """(logits, labels) of one eval batch; call under paddle.no_grad(). Test splits have labels -1."""
-        return self.forward(batch), batch["labels"]
+        """(outputs, labels) of one eval batch; call under paddle.no_grad(). Outputs: GPT logits,
+        T5 generated ids. Test splits have labels -1."""
+        return self.family.predict(self.model, batch, self.task), self.family.batch_labels(batch)
+
+    def compute_metrics(self, outputs, labels):
+        """Metric values of a whole split's outputs (GPT: + the eval loss)."""
+        return self.family.evaluate(outputs, labels, self.task)
+
+    def export(self, output_dir):
+        """After training: a LoRA run writes output_dir/lora/ (adapter, merged model on request)."""
+        if not self.lora_cfg:
+            return []
+        import os
+
+        from ppmerge.models.families.lora import save_adapter
+
+        return save_adapter(self.network, self.lora_cfg, self.family, os.path.join(output_dir, "lora"),
+                            base_model=self.cfg["Model"].get("pretrained"))

@@ -1,0 +1,146 @@
+"""The T5 family: paddlenlp T5ForConditionalGeneration, text-to-text GLUE through the prompt table.
+
+No per-task head: the whole model is merged (`head_keys` None). Training minimises the token loss of
+the answer text (labels = answer pieces + eos, pad → -100); evaluation generates greedily and
+compares texts (`ppmerge.metrics.GenerationMetric`): FusionBench's exact match / Spearman, plus the
+share of invalid answers and a confusion matrix.
+
+Generation length: `Model.generation.max_length` (default 10) counts like Hugging Face's
+`generate(max_length=10)` for an encoder-decoder, which FusionBench calls: the decoder start token
+included, so at most 9 answer tokens are generated.
+"""
+import functools
+import os
+
+from ppmerge.errors import CheckpointError, ConfigError
+
+DEFAULT_MAX_LENGTH = 10
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path):
+    from ppmerge.data.t5_tokenizer import load_t5_tokenizer
+
+    return load_t5_tokenizer(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _prompts(path):
+    from ppmerge.data.prompts import load_prompts
+
+    return load_prompts(path)
+
+
+def unwrap(model):
+    """The paddlenlp T5 model inside paddle.DataParallel and / or a paddlenlp LoRAModel."""
+    while True:
+        if hasattr(model, "_layers"):
+            model = model._layers
+        elif type(model).__name__ == "LoRAModel":
+            model = model.model
+        else:
+            return model
+
+
+class T5Text:
+    name = "t5"
+    head_keys = None
+    generates = True
+    lora_targets = (r".*\.q", r".*\.v")
+    lora_trainable = ()
+
+    def __init__(self, model_cfg, tokenizer_cfg=None, prompts=None, generation=None):
+        self.model_cfg = dict(model_cfg or {})
+        self.tokenizer_cfg = dict(tokenizer_cfg or {})
+        self.prompts_path = prompts
+        generation = dict(generation or {})
+        self.max_length = int(generation.get("max_length") or DEFAULT_MAX_LENGTH)
+        if self.max_length < 2:
+            raise ConfigError(f"Model.generation.max_length must be >= 2 (start token + one answer token), "
+                              f"got {self.max_length}")
+
+    # ---- config ---------------------------------------------------------------------------
+    def check(self, task):
+        """Text-to-text needs no head size or loss per task; the task needs a prompt."""
+        if task.name not in self.prompts():
+            raise ConfigError(f"no prompt template for task {task.name} (Data.prompts)")
+
+    def prompts(self):
+        return _prompts(self.prompts_path)
+
+    # ---- model ----------------------------------------------------------------------------
+    def build(self, task=None):
+        from ppmerge.models.t5 import build_t5
+
+        return build_t5(self.model_cfg)
+
+    def load_pretrained(self, network, path, task=None):
+        """Weights from an HF Flan-T5 folder, or a file / folder in our layout (model.pdparams,
+        model.safetensors, a training checkpoint's folder, a merged model)."""
+        state_dict = read_t5_weights(path)
+        from ppmerge.models.t5 import load_t5_state_dict
+
+        load_t5_state_dict(unwrap(network), state_dict, source=str(path))
+        return [], []
+
+    # ---- data -----------------------------------------------------------------------------
+    def tokenizer(self):
+        return _tokenizer(self.tokenizer_cfg.get("spiece_model"))
+
+    def dataset(self, task, root, split, max_length=128):
+        from ppmerge.data.t5_dataset import T5GLUEDataset
+
+        return T5GLUEDataset(task, root, split, self.tokenizer(), max_length=max_length, prompts=self.prompts())
+
+    def collate(self, samples):
+        from ppmerge.data.t5_dataset import collate_t5
+
+        return collate_t5(samples)
+
+    # ---- steps ----------------------------------------------------------------------------
+    def loss(self, model, batch, task=None, mode="train"):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return out[0] if isinstance(out, (tuple, list)) else out.loss
+
+    def predict(self, model, batch, task=None):
+        """Greedy answers: int64 ids [B, max_length - 1], padded with 0 after eos (decoder start not included)."""
+        from ppmerge.runtime import import_paddle
+
+        paddle = import_paddle()
+        ids = unwrap(model).generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     max_length=self.max_length - 1, decode_strategy="greedy_search")[0]
+        width = self.max_length - 1
+        if ids.shape[1] < width:
+            ids = paddle.concat([ids, paddle.zeros([ids.shape[0], width - ids.shape[1]], dtype=ids.dtype)], axis=1)
+        return ids[:, :width].astype("int64")
+
+    @staticmethod
+    def batch_labels(batch):
+        return batch["glue_labels"]
+
+    def metric(self, task):
+        from ppmerge.metrics import GenerationMetric
+
+        return GenerationMetric(task, self.prompts()[task.name], self.tokenizer())
+
+    def evaluate(self, outputs, labels, task):
+        metric = self.metric(task)
+        metric.update(outputs, labels)
+        return metric.accumulate()
+
+
+def read_t5_weights(path):
+    """A T5 state dict (numpy, our keys) from an HF folder, a weights file, or a folder holding one."""
+    from ppmerge.models import hf_t5
+    from ppmerge.models.checkpoint import load_numpy_state_dict, resolve_checkpoint_path
+
+    path = os.fspath(path)
+    if os.path.isdir(path) and hf_t5.is_hf_t5_folder(path) \
+            and not os.path.isfile(os.path.join(path, "model.pdparams")):
+        return hf_t5.load_folder(path)[1]
+    state_dict = load_numpy_state_dict(resolve_checkpoint_path(path))
+    lora = [k for k in state_dict if ".lora_" in k]
+    if lora:
+        raise CheckpointError(f"{path} holds LoRA weights ({lora[0]}): set Model.lora to the run's LoRA "
+                              f"settings to load it, or load its merged_model.pdparams")
+    return state_dict
