@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ppmerge.errors import CheckpointError
-from test_t5_model import hf_t5_config, numpy_t5_logits, random_hf_t5  # noqa: E402  (same folder)
+from tests.test_t5_model import hf_t5_config, numpy_t5_logits, random_hf_t5
 
 P = "base_model.model."
 

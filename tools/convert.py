@@ -11,6 +11,14 @@ Sources (--from):
   hf         a local Hugging Face GPT-2 folder (config.json + model.safetensors) of GPT2Model,
              GPT2LMHeadModel or GPT2ForSequenceClassification; prints the Model config overrides
              to use with it. pytorch_model.bin needs PyTorch and is refused.
+  hf-t5      a local Hugging Face T5 / Flan-T5 folder (config.json + model.safetensors), e.g.
+             google/flan-t5-base or FusionBench's tanganke/flan-t5-base_glue-<task>; → our T5 layout
+             (paddlenlp T5ForConditionalGeneration keys). --to pdparams | safetensors.
+  peft-lora  a local PEFT LoRA folder (adapter_config.json + adapter_model.safetensors), e.g.
+             tanganke/flan-t5-base_glue-<task>_lora-16. With --base (the model it was trained on: HF
+             T5 / GPT-2 folder or our checkpoint): merge-and-unload into a full model file. Without
+             --base: the adapter itself, in our key layout, as the folder --output
+             (adapter_config.json + adapter_model.<--to>).
 
 Targets (--to):
   pdparams, safetensors  ppmerge's layout, one file (a merged model stays one file unless --task).
@@ -38,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ppmerge.cli import run_tool  # noqa: E402
 
 # Kept in step with ppmerge.models.convert.SOURCES / TARGETS (a test checks); listed here so --help is instant.
-SOURCE_NAMES = ["ppmerge", "fleetx", "paddlenlp", "hf"]
+SOURCE_NAMES = ["ppmerge", "fleetx", "paddlenlp", "hf", "hf-t5", "peft-lora"]
 TARGET_NAMES = ["pdparams", "safetensors", "hf", "paddlenlp", "fleetx"]
 
 
@@ -57,6 +65,8 @@ def parse_args(argv):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="storage dtype of the written weights (bfloat16 as paddle's uint16 bits in .pdparams)")
     parser.add_argument("--task", default=None, help="a merged model: export only this task's head")
+    parser.add_argument("--base", default=None,
+                        help="--from peft-lora: the base model to merge the adapter into (merge-and-unload)")
     return parser.parse_args(argv)
 
 
@@ -66,11 +76,16 @@ def main(argv=None):
     from ppmerge.models.convert import convert_checkpoint, output_path
 
     # before reading anything: an existing file is replaced only with --overwrite; folder writable
-    prepare_output_file(output_path(args.output, args.target), overwrite=args.overwrite, what="--output")
+    if args.source == "peft-lora" and args.base is None:  # the adapter: a folder
+        from ppmerge.fileio import prepare_output_dir
+
+        prepare_output_dir(args.output, "lora-adapter", overwrite=args.overwrite, what="--output")
+    else:
+        prepare_output_file(output_path(args.output, args.target), overwrite=args.overwrite, what="--output")
 
     path, count, model_fields, notes = convert_checkpoint(args.source, args.target, args.input, args.output,
                                                           args.num_heads, dtype=args.dtype, task=args.task,
-                                                          return_notes=True)
+                                                          return_notes=True, base=args.base)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {count} tensors ({args.dtype}) to {path}")

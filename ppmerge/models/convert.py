@@ -5,7 +5,9 @@ A *reader* (`SOURCES[name](input_path, num_heads) -> Source`) brings a checkpoin
 (`TARGETS[name](source, output, dtype, num_heads, task) -> (path, tensor count, notes)`) writes it out.
 A new format is one more entry in a table.
 
-Sources: ppmerge (our own .pdparams / .safetensors, merged files too), fleetx, paddlenlp, hf.
+Sources: ppmerge (our own .pdparams / .safetensors, merged files too), fleetx, paddlenlp, hf; hf-t5 (a
+Flan-T5 folder, `hf_t5`) and peft-lora (a PEFT LoRA folder merged into --base, or without it the adapter
+itself as a folder in our key layout, `peft_lora`), written as pdparams / safetensors only.
 Targets: pdparams, safetensors (our layout, merged files kept whole), hf, paddlenlp (folders), fleetx
 (a .pdparams with fused qkv). A merged model (`heads.<TASK>.…`) becomes one folder per task for the
 hf / paddlenlp / fleetx targets (`--task` picks one). Values are cast once, tensor by tensor, to
@@ -72,7 +74,29 @@ def read_hf(input_path, num_heads=None):
     return Source(state_dict, model_fields, num_heads or model_fields["num_attention_heads"], path=input_path)
 
 
-SOURCES = {"ppmerge": read_ours, "fleetx": read_layout, "paddlenlp": read_layout, "hf": read_hf}
+def read_hf_t5(input_path, num_heads=None):
+    """A local HF T5 / Flan-T5 folder → our T5 layout (ppmerge.models.hf_t5)."""
+    from ppmerge.models import hf_t5
+
+    fields, state_dict = hf_t5.load_folder(input_path, dtype=None)
+    return Source(state_dict, fields, fields["num_heads"], path=input_path)
+
+
+def read_peft_lora(input_path, num_heads=None, base=None):
+    """A PEFT LoRA folder merged into `base` (merge-and-unload; ppmerge.models.peft_lora)."""
+    from ppmerge.models import peft_lora
+
+    if base is None:
+        raise UserError("--from peft-lora: merge-and-unload needs --base (the model the adapter was trained on); "
+                        "without --base the adapter itself is written")
+    fields, state_dict = peft_lora.merge_folder(input_path, base)
+    return Source(state_dict, fields, num_heads, path=input_path)
+
+
+SOURCES = {"ppmerge": read_ours, "fleetx": read_layout, "paddlenlp": read_layout, "hf": read_hf,
+           "hf-t5": read_hf_t5, "peft-lora": read_peft_lora}
+# Sources that give T5 models or adapters: written only as our own files (the GPT exports do not apply).
+FILE_ONLY_SOURCES = ("hf-t5", "peft-lora")
 
 
 # --------------------------------------------------------------------------- writers
@@ -188,17 +212,35 @@ def read_checkpoint(source, input_path, num_heads=None):
 
 
 def convert_checkpoint(source, target, input_path, output, num_heads=None, dtype="float32", task=None,
-                       return_notes=False):
+                       return_notes=False, base=None):
     """Convert and write; returns (written path, number of tensors, Model-section fields or None)
-    (and the notes to show the user when `return_notes`)."""
+    (and the notes to show the user when `return_notes`). `base`: for --from peft-lora, the model to
+    merge the adapter into; without it the adapter is written as a folder in our key layout."""
     from ppmerge.models.dtypes import check_dtype
 
     if source not in SOURCES:
         raise UserError(f"--from {source!r}: expected one of {', '.join(SOURCES)}")
     if target not in TARGETS:
         raise UserError(f"--to {target!r}: expected one of {', '.join(TARGETS)}")
+    if source in FILE_ONLY_SOURCES and target not in ("pdparams", "safetensors"):
+        raise UserError(f"--from {source} --to {target}: only --to pdparams or safetensors are supported "
+                        f"(the {target} export is for GPT models)")
+    if base is not None and source != "peft-lora":
+        raise UserError(f"--base is only used with --from peft-lora, not --from {source}")
     dtype = check_dtype(dtype, "--dtype")
-    loaded = read_checkpoint(source, input_path, num_heads)
+    if source == "peft-lora" and base is None:
+        from ppmerge.models import peft_lora
+
+        adapter = peft_lora.read_adapter(input_path)
+        peft_lora.save_adapter(adapter, output, fmt=target, dtype=dtype)
+        count = len(peft_lora.adapter_tensors(adapter))
+        notes = [f"the adapter in ppmerge's key layout ({len(adapter.targets)} adapted weights, scale "
+                 f"{adapter.scale:g}); pass --base to merge it into a full model"]
+        return (output, count, None, notes) if return_notes else (output, count, None)
+    if source == "peft-lora":
+        loaded = read_peft_lora(input_path, num_heads, base=base)
+    else:
+        loaded = read_checkpoint(source, input_path, num_heads)
     path, count, notes = TARGETS[target](loaded, output, dtype, num_heads, task)
     if return_notes:
         return path, count, loaded.model_fields, notes

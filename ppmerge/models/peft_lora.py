@@ -331,16 +331,52 @@ def adapter_config_ours(adapter):
     return config
 
 
-def save_adapter(adapter, folder, fmt="safetensors"):
-    """Write `adapter` in our key layout: folder/adapter_config.json + adapter_model.<fmt> (atomic folder)."""
+def save_adapter(adapter, folder, fmt="safetensors", dtype=None):
+    """Write `adapter` in our key layout: folder/adapter_config.json + adapter_model.<fmt> (atomic folder);
+    `dtype` (float32 | float16 | bfloat16) casts the tensors, None keeps them."""
     from ppmerge.fileio import atomic_dir
     from ppmerge.models.checkpoint import save_state_dict
 
     if fmt not in ("safetensors", "pdparams"):
         raise CheckpointError(f"adapter format {fmt!r}: expected safetensors or pdparams")
+    tensors = adapter_tensors(adapter)
+    if dtype is not None:
+        from ppmerge.models.dtypes import cast_state_dict
+
+        tensors = cast_state_dict(tensors, dtype, where="--dtype")
     with atomic_dir(folder) as tmp:
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(adapter_config_ours(adapter), f, indent=2, sort_keys=True)
             f.write("\n")
-        save_state_dict(adapter_tensors(adapter), os.path.join(tmp, f"adapter_model.{fmt}"))
+        save_state_dict(tensors, os.path.join(tmp, f"adapter_model.{fmt}"))
     return folder
+
+
+def load_base(path):
+    """(Model fields or None, state dict in our layout) of the model an adapter belongs to: a local HF
+    T5 / Flan-T5 folder, a local HF GPT-2 folder, or one of our checkpoints (file or folder)."""
+    from ppmerge.models import hf_gpt2, hf_t5
+    from ppmerge.models.checkpoint import load_numpy_state_dict, resolve_checkpoint_path, to_our_layout
+
+    path = os.fspath(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+        if hf_t5.is_hf_t5_folder(path):
+            return hf_t5.load_folder(path, dtype=None)
+        config = hf_gpt2.read_config(path)
+        if config.get("model_type") == "gpt2":
+            fields, num_classes, state_dict = hf_gpt2.load_folder(path)
+            if num_classes:
+                fields["num_classes"] = num_classes
+            return fields, state_dict
+    file = resolve_checkpoint_path(path)
+    state_dict = load_numpy_state_dict(file)
+    if any(key.startswith("t5.") for key in state_dict):
+        return None, state_dict
+    return None, to_our_layout(state_dict, source=file)
+
+
+def merge_folder(adapter_folder, base_path):
+    """merge-and-unload of a PEFT LoRA folder into its base (`load_base`): (Model fields or None, state dict)."""
+    adapter = read_adapter(adapter_folder)
+    fields, base = load_base(base_path)
+    return fields, merge_and_unload(base, adapter, source=f"base model {os.fspath(base_path)}")
