@@ -145,3 +145,136 @@ def test_iso_cts_sizes_and_bad_fraction():
     assert iso_cts_sizes(3, 2, 0.0) == (1, 1)       # round(1.5) = 2 would overflow r: what fits
     with pytest.raises(ConfigError, match="Merge.common_space_fraction: expected a fraction"):
         get_method("iso_cts")({"w": np.zeros((2, 2), np.float32)}, [], common_space_fraction=1.5)
+
+
+# ---- EMR-Merging ------------------------------------------------------------------------------------
+def _emr(base, models, tasks=None):
+    from ppmerge.merge import MergeContext
+
+    tasks = tasks or [f"T{i}" for i in range(len(models))]
+    ctx = MergeContext(task_names=tasks, heads=[{} for _ in tasks], task_pool=None, model_cfg={})
+    return get_method("emr_merging")(base, models, context=ctx)
+
+
+def test_emr_hand_made_vectors():
+    base = {"a": np.zeros(5, np.float32), "b": np.ones((2, 2), np.float32), "n": np.array([7], np.int32)}
+    taus = [{"a": [1.0, -2.0, 0.5, 0.0, 1.0], "b": [[1, 0], [0, -1]]},
+            {"a": [2.0, 1.0, -0.5, 0.0, -1.0], "b": [[-3, 0], [2, 1]]},
+            {"a": [-1.0, -1.0, 0.0, 0.0, 0.0], "b": [[0, 0], [0, 0]]}]
+    models = [{"a": base["a"] + np.float32(t["a"]), "b": base["b"] + np.float32(t["b"]), "n": base["n"]} for t in taus]
+    emr = _emr(base, models)
+    # a: sums 2, -2, 0 (-> negative), 0 (-> negative), 0 (-> negative)
+    np.testing.assert_array_equal(emr.tau_uni["a"], [2.0, -2.0, -0.5, 0.0, -1.0])
+    # b: sums -2, 0 (-> negative), 2, 0 (-> negative)
+    np.testing.assert_array_equal(emr.tau_uni["b"], [[-3, 0], [2, -1]])
+    masks_a = [[1, 1, 0, 0, 0], [1, 0, 1, 0, 1], [0, 1, 0, 0, 0]]
+    masks_b = [[[0, 0], [0, 1]], [[1, 0], [1, 0]], [[0, 0], [0, 0]]]
+    for t in range(3):
+        np.testing.assert_array_equal(np.unpackbits(emr.masks["a"][t], count=5), masks_a[t])
+        np.testing.assert_array_equal(np.unpackbits(emr.masks["b"][t], count=4).reshape(2, 2), masks_b[t])
+    # λ_t = Σ_keys mean|τ_t| / Σ_keys mean|M_t ⊙ τ_uni|
+    uni = {"a": np.array([2.0, -2.0, -0.5, 0.0, -1.0]), "b": np.array([[-3, 0], [2, -1.0]])}
+    for t, expected_masks in enumerate(zip(masks_a, masks_b)):
+        own = sum(np.abs(np.float64(taus[t][k])).mean() for k in ("a", "b"))
+        kept = sum(np.abs(np.multiply(m, uni[k])).mean() for k, m in zip(("a", "b"), expected_masks))
+        assert emr.scales[t] == pytest.approx(own / kept if kept else 0.0, rel=1e-6)
+    # by hand: T0 (0.9 + 0.5) / (0.8 + 0.25); T2 (0.4 + 0) / (0.4 + 0)
+    assert emr.scales[0] == pytest.approx(4 / 3) and emr.scales[2] == pytest.approx(1.0)
+    # task t's backbone: θ₀ + λ_t M_t ⊙ τ_uni; the non-float key is the base's
+    for t in range(3):
+        bb = emr.task_backbone(f"T{t}")
+        np.testing.assert_allclose(bb["a"], emr.scales[t] * np.multiply(masks_a[t], uni["a"]), rtol=1e-6)
+        np.testing.assert_allclose(bb["b"], 1 + emr.scales[t] * np.multiply(masks_b[t], uni["b"]), rtol=1e-6)
+        assert bb["n"].dtype == np.int32 and bb["n"][0] == 7
+
+
+def test_emr_random_against_formula_and_save_roundtrip(tmp_path):
+    import safetensors.numpy
+
+    from ppmerge.merge.methods.emr_merging import FILE, load_emr
+
+    base, models = _pool({"w": (6, 11), "b": (13,)}, 4, seed=5)
+    emr = _emr(base, models)
+    taus = {k: np.stack([m[k].astype(np.float64) - base[k] for m in models]) for k in ("w", "b")}
+    sign = {k: np.where(t.sum(0) > 0, 1.0, -1.0) for k, t in taus.items()}
+    uni = {k: sign[k] * np.max(np.where(t * sign[k] > 0, np.abs(t), 0), axis=0) for k, t in taus.items()}
+    lam = [sum(np.abs(taus[k][i]).mean() for k in taus) / sum(np.abs((taus[k][i] * sign[k] > 0) * uni[k]).mean()
+                                                             for k in taus) for i in range(4)]
+    np.testing.assert_allclose(emr.scales, lam, rtol=1e-5)
+    for i in range(4):
+        bb = emr.task_backbone(i)
+        for k in taus:
+            np.testing.assert_allclose(bb[k], base[k] + lam[i] * (taus[k][i] * sign[k] > 0) * uni[k], rtol=1e-5, atol=1e-6)
+    heads = {f"T{i}": {"score.weight": np.full((3, 2), i, np.float32)} for i in range(4)}
+    assert emr.save(str(tmp_path), heads) == FILE
+    raw = safetensors.numpy.load_file(str(tmp_path / FILE))
+    assert raw["mask.w"].shape == (4, 9) and raw["mask.w"].dtype == np.uint8   # 66 bits -> 9 bytes per task
+    assert raw["tau_uni.w"].shape == (6, 11) and raw["scales"].shape == (4,)
+    loaded, loaded_heads = load_emr(str(tmp_path / FILE), base)
+    assert loaded.task_names == emr.task_names and set(loaded_heads) == set(heads)
+    np.testing.assert_array_equal(loaded_heads["T3"]["score.weight"], heads["T3"]["score.weight"])
+    for i in range(4):
+        for k, v in emr.task_backbone(i).items():
+            np.testing.assert_array_equal(loaded.task_backbone(i)[k], v)
+    with pytest.raises(ConfigError, match="no model for task 'T9'"):
+        emr.task_backbone("T9")
+
+
+# ---- WUDI-Merging -----------------------------------------------------------------------------------
+def _wudi_grad(m, taus):
+    """dL/dM of L = Σ_i ‖(M − T_i) T_iᵀ‖²_F / ‖T_i‖²_F (torch layout [out, in])."""
+    return sum(2.0 * (m - t) @ t.T @ t / np.sum(t * t) for t in taus)
+
+
+def _wudi_loss(m, taus):
+    return sum(np.sum(((m - t) @ t.T) ** 2) / np.sum(t * t) for t in taus)
+
+
+def _numpy_adam(taus, steps, lr, b1=0.9, b2=0.999, eps=1e-8):
+    m = sum(taus)
+    mom, vel = np.zeros_like(m), np.zeros_like(m)
+    for step in range(1, steps + 1):
+        g = _wudi_grad(m, taus)
+        mom = b1 * mom + (1 - b1) * g
+        vel = b2 * vel + (1 - b2) * g * g
+        m = m - lr * (mom / (1 - b1 ** step)) / (np.sqrt(vel / (1 - b2 ** step)) + eps)
+    return m
+
+
+def test_wudi_iter_num_zero_is_the_sum():
+    base, models = _pool({"w": (6, 5), "embed.weight": (7, 3), "b": (5,)}, 3, seed=2)
+    merged = get_method("wudi_merging")(base, models, iter_num=0)
+    for key in ("w", "embed.weight"):
+        np.testing.assert_allclose(merged[key], base[key] + sum(m[key] - base[key] for m in models), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(merged["b"], base["b"] + np.mean([m["b"] - base["b"] for m in models], axis=0),
+                               rtol=1e-5, atol=1e-6)
+    assert merged["step"][0] == 3
+
+
+def test_wudi_adam_steps_match_numpy_adam_in_both_layouts():
+    base, models = _pool({"w": (6, 5), "tok_embed.weight": (7, 3)}, 3, seed=4, scale=1.0)
+    lr, steps = 1e-2, 3
+    merged = get_method("wudi_merging")(base, models, iter_num=steps, lr=lr)
+    # Paddle Linear [in, out]: the paper's formula on the transposes
+    taus = [(m["w"].astype(np.float64) - base["w"]).T for m in models]
+    np.testing.assert_allclose(merged["w"], base["w"] + _numpy_adam(taus, steps, lr).T, rtol=1e-4, atol=1e-5)
+    # embedding tables: the formula as written
+    taus = [m["tok_embed.weight"].astype(np.float64) - base["tok_embed.weight"] for m in models]
+    np.testing.assert_allclose(merged["tok_embed.weight"], base["tok_embed.weight"] + _numpy_adam(taus, steps, lr),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_wudi_loss_decreases_and_is_the_papers_loss():
+    from ppmerge.merge.methods.wudi_merging import wudi_matrix
+
+    rng = np.random.default_rng(8)
+    taus = [rng.normal(size=(8, 6)).astype(np.float32) for _ in range(3)]
+    merged, losses = wudi_matrix(taus, iter_num=100, lr=3e-2, rows_are_outputs=True)
+    t64 = [t.astype(np.float64) for t in taus]
+    assert losses[0] == pytest.approx(_wudi_loss(sum(t64), t64), rel=1e-4)
+    assert losses[-1] < 0.5 * losses[0] and all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:]))
+    assert _wudi_loss(merged.astype(np.float64), t64) < losses[-1]
+    again, _ = wudi_matrix(taus, iter_num=100, lr=3e-2, rows_are_outputs=True)
+    np.testing.assert_array_equal(merged, again)   # deterministic
+    with pytest.raises(ConfigError, match="Merge.iter_num: expected a non-negative integer"):
+        get_method("wudi_merging")({}, [], iter_num=-1)

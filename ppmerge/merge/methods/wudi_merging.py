@@ -1,0 +1,83 @@
+"""wudi_merging (WUDI-Merging, Cheng et al., ICML 2025; data-free): per weight matrix, start from
+τ_m = Σ_i τ_i and minimise the interference with each task's input subspace, which the rows of its task
+vector span,
+
+    L(τ_m) = Σ_i ‖(τ_m − τ_i) τ_iᵀ‖²_F / ‖τ_i‖²_F      (τ in torch's [out, in] layout)
+
+with Adam (lr 1e-5, `iter_num` 300 steps, betas 0.9/0.999, eps 1e-8, no weight decay) in paddle on the
+current device; θ = θ₀ + τ_m. Other keys (biases, LayerNorms): θ₀ + mean_i τ_i (as FusionBench's code).
+
+Layout: Paddle keeps a Linear weight as [in, out], the transpose of torch's, so on those keys the loss is
+computed on the transposes (Σ_i ‖τ_iᵀ(τ_m − τ_i)‖²_F / ‖τ_i‖²_F in Paddle's layout): the same objective
+as the paper. Embedding tables (keys containing "embed": [vocab, hidden] in both frameworks) use the
+formula as written. A task whose τ_i is zero on a key adds nothing to that key's loss. Deterministic: no
+randomness (the start point and the steps are fixed).
+"""
+import numpy as np
+
+from ppmerge.errors import ConfigError
+from ppmerge.merge.lowrank import host32
+from ppmerge.merge.registry import Param, register
+from ppmerge.merge.tensor_ops import is_floating, numpy_dtype, paddle as _paddle
+
+
+def _non_negative(value, where):
+    if value < 0:
+        raise ConfigError(f"{where}: expected a non-negative integer, got {value}")
+    return value
+
+
+def _positive(value, where):
+    if not value > 0:
+        raise ConfigError(f"{where}: expected a positive learning rate, got {value}")
+    return float(value)
+
+
+def is_embedding(key):
+    return "embed" in key
+
+
+def wudi_matrix(taus, iter_num=300, lr=1e-5, rows_are_outputs=False):
+    """τ_m of one 2-D key (float32 numpy arrays in torch's [out, in] layout when `rows_are_outputs`,
+    else Paddle's [in, out]); returns (τ_m as numpy, [loss before each step])."""
+    paddle = _paddle()
+    stacked = np.stack(taus)
+    if not rows_are_outputs:
+        stacked = stacked.transpose(0, 2, 1)   # to [out, in]: the rows are the task vectors' input directions
+    tvs = paddle.to_tensor(np.ascontiguousarray(stacked))
+    norms = paddle.sum(paddle.square(tvs.reshape([len(taus), -1])), axis=1)
+    norms = paddle.where(norms > 0, norms, paddle.ones_like(norms)).reshape([-1, 1, 1])
+    merged = paddle.create_parameter(list(tvs.shape[1:]), "float32",
+                                     default_initializer=paddle.nn.initializer.Assign(paddle.sum(tvs, axis=0)))
+    optimizer = paddle.optimizer.Adam(learning_rate=lr, parameters=[merged], beta1=0.9, beta2=0.999, epsilon=1e-8)
+    losses = []
+    for _ in range(iter_num):
+        product = paddle.matmul(merged.unsqueeze(0) - tvs, tvs, transpose_y=True)
+        loss = paddle.sum(paddle.square(product) / norms)
+        optimizer.clear_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    result = merged.detach().numpy()
+    return (result if rows_are_outputs else result.T), losses
+
+
+@register("wudi_merging", params={
+    "iter_num": Param("int", 300, "Adam steps per weight matrix (0: Σ τ_i)", check=_non_negative),
+    "lr": Param("float", 1e-5, "Adam learning rate", check=_positive),
+}, doc="WUDI: per matrix, τ_m from Σ τ_i by Adam on Σ_i ‖(τ_m − τ_i) τ_iᵀ‖²/‖τ_i‖² (data-free), θ₀ + τ_m; "
+       "other keys θ₀ + mean τ_i")
+def wudi_merging(base, models, iter_num=300, lr=1e-5):
+    merged = {}
+    for key, value in base.items():
+        if not is_floating(value):
+            merged[key] = np.array(value if isinstance(value, np.ndarray) else value.numpy())
+            continue
+        theta0 = host32(value)
+        taus = [host32(m[key]) - theta0 for m in models]
+        if theta0.ndim == 2:
+            delta = wudi_matrix(taus, iter_num, lr, rows_are_outputs=is_embedding(key))[0]
+        else:
+            delta = np.mean(taus, axis=0)
+        merged[key] = (theta0 + delta).astype(numpy_dtype(value), copy=False)
+    return merged
