@@ -202,7 +202,8 @@ def test_errors_leave_no_output(pool, glue_suite, tmp_path, case):
 
 
 FAST_PARAMS = {"fisher_merging": {"num_fisher_examples": 4, "batch_size": 4},
-               "regmean": {"num_regmean_examples": 8, "batch_size": 8}}
+               "regmean": {"num_regmean_examples": 8, "batch_size": 8},
+               "cabs": {"n": 1, "m": 4}}  # disjoint n:m masks hold at most m // n models (3 here)
 
 
 def test_every_registered_method_runs(pool, glue_suite, tmp_path):

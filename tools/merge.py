@@ -17,6 +17,9 @@ def parse_args(argv):
     parser.add_argument("-o", "--override", action="append", default=[], metavar="A.B=v",
                         help="override a config key (repeatable), e.g. -o Merge.scaling_factor=0.3")
     parser.add_argument("--device", default=None, help="cpu, gpu, gpu:N, xpu or npu (overrides Global.device)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty Output.dir that is not an earlier merge output "
+                             "(only the merge's own files are replaced; nothing else is deleted)")
     return parser.parse_args(argv)
 
 
@@ -34,7 +37,7 @@ def main(argv=None):
     from ppmerge.evaluation.reports import markdown_table
     from ppmerge.merge.runner import run_merge
 
-    result = run_merge(cfg, progress=sys.stderr.isatty())  # bars only on a terminal, not in logs
+    result = run_merge(cfg, progress=sys.stderr.isatty(), overwrite=args.overwrite)  # bars only on a terminal, not in logs
     print(markdown_table(result), end="")
     if result["best"] is not None:
         print(f"best sweep point: {result['best']}")

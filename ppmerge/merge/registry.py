@@ -99,6 +99,16 @@ class MergeMethod:
         return self.fn(base, models, **params)
 
 
+def _has_non_finite(value):
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    return False
+
+
 def check_param(param, value, where):
     """Type/choice check of one value; returns the (possibly normalised) value."""
     if value is None:
@@ -107,6 +117,8 @@ def check_param(param, value, where):
         raise ConfigError(f"{where}: expected {param.kind}, got null")
     if not _is_kind(value, param.kind):
         raise ConfigError(f"{where}: expected {param.kind}, got {type(value).__name__} {value!r}")
+    if _has_non_finite(value):  # NaN / Inf would run to the end and write a non-finite model
+        raise ConfigError(f"{where}: expected finite numbers, got {value!r}")
     if param.choices is not None and value not in param.choices:
         raise ConfigError(f"{where}: expected one of {', '.join(map(str, param.choices))}, got {value!r}")
     if isinstance(value, tuple):

@@ -3,8 +3,11 @@
     device, seed -> model pool (each model loaded once) -> method, for every sweep point
     -> merged backbone + per-task heads -> task pool evaluation -> reference rows -> reports
 
-Everything is written into `Output.dir` through `atomic_dir`: the folder appears complete at the end
-or not at all, so a failed run (bad checkpoint, NaN, unknown parameter, ...) leaves nothing behind.
+`Output.dir` is checked first (ppmerge.fileio.prepare_output_dir: a new or empty folder, an earlier merge
+output, or `overwrite`; writable; room for the merged model). Everything is written through `atomic_dir`:
+a new folder appears complete at the end or not at all, an existing one gets its files replaced one by
+one (nothing else in it is touched), so a failed run (bad checkpoint, NaN, unknown parameter, ...) leaves
+nothing behind.
 """
 import os
 import sys
@@ -116,9 +119,21 @@ def _score(row):
     return -np.inf if row["average"] is None else row["average"]
 
 
-def run_merge(cfg, progress=True):
+def _check_output_dir(cfg, overwrite):
+    """Output.dir may be written (see ppmerge.fileio.prepare_output_dir), with room for the merged model."""
+    from ppmerge.fileio import prepare_output_dir
+
+    base = cfg["ModelPool"].get("base")
+    need = os.path.getsize(base) if cfg["Output"]["save_model"] and base and os.path.isfile(base) else 0
+    return prepare_output_dir(cfg["Output"]["dir"], "merge", overwrite=overwrite, need_bytes=need,
+                              what="Output.dir")
+
+
+def run_merge(cfg, progress=True, overwrite=False):
     """Run the merge described by `cfg` (a MERGE_SCHEMA-validated dict); return the result dict
-    (also saved as report.json). See docs/ARCHITECTURE.md "ppmerge.merge — runner and config"."""
+    (also saved as report.json). `overwrite`: write into a non-empty Output.dir that is not an earlier
+    merge output (only the merge's own files are replaced). See docs/ARCHITECTURE.md
+    "ppmerge.merge — runner and config"."""
     from ppmerge.evaluation.plots import write_plots
     from ppmerge.evaluation.reports import write_reports
     from ppmerge.fileio import atomic_dir
@@ -132,6 +147,7 @@ def run_merge(cfg, progress=True):
     _seed_everything(seed)
 
     # Everything that can be checked without loading a model is checked first.
+    out_dir = _check_output_dir(cfg, overwrite)
     method = get_method(cfg["Merge"]["method"])
     base_params = {k: v for k, v in cfg["Merge"].items() if k != "method"}
     axes = sweep_axes(cfg["Sweep"])
@@ -229,13 +245,14 @@ def run_merge(cfg, progress=True):
         "config": cfg,
         "timings": timings,
     }
-    out_dir = os.path.abspath(cfg["Output"]["dir"])
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="merge") as tmp:
         tick = time.perf_counter()
         if cfg["Output"]["save_model"] and not getattr(best_model, "is_ensemble", False):
-            from ppmerge.models.checkpoint import save_state_dict
+            from ppmerge.models.checkpoint import check_finite, save_state_dict
 
-            save_state_dict(merged_state_dict(best_model, pool.heads), os.path.join(tmp, MODEL_FILE))
+            merged_model = merged_state_dict(best_model, pool.heads)
+            check_finite(merged_model, "the merged model (check the method's parameters)")
+            save_state_dict(merged_model, os.path.join(tmp, MODEL_FILE))
             result["model_file"] = os.path.join(out_dir, MODEL_FILE)
         else:
             result["model_file"] = None
