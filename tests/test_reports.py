@@ -68,3 +68,108 @@ def test_evaluation_off_gives_empty_cells_and_no_plot(tmp_path):
     assert write_plots(result, str(tmp_path)) == {}
     assert "| simple_average |  |" in open(paths["md"]).read()
     assert pd.read_csv(paths["csv"])["Avg."].isna().all()
+
+
+# ----------------------------------------------------------------------------- paste-ready contents
+
+MAIN_METRIC = {"CoLA": "Mcc", "MNLI": "Accuracy", "STSB": "PearsonAndSpearman"}
+
+
+def curve_result():
+    rng = np.random.default_rng(1)
+    values = [0.1, 0.3, 0.5, 0.7]
+    rows = [row("base", "base", [0.05, 0.34, 0.1]), row("finetuned", "finetuned", [0.6, 0.8, 0.85])]
+    for v in values:
+        rows.append(row(f"scaling_factor={v}", "sweep", rng.uniform(0, 1, 3), sweep_values={"Merge.scaling_factor": v}))
+    best = max(rows[2:], key=lambda r: r["average"])
+    best["best"] = True
+    return {"method": "task_arithmetic", "params": {"scaling_factor": 0.3, "sparsify": None}, "tasks": TASKS,
+            "best": best["name"], "rows": rows, "sweep": [["Merge.scaling_factor", values]],
+            "main_metric": MAIN_METRIC, "timings": {}, "config": {}}
+
+
+def test_markdown_names_metrics_and_parameters(tmp_path):
+    single = {"method": "ties_merging", "params": {"threshold": 20, "merge_func": "sum", "sparsify": None,
+                                                   "scaling_factor": [0.3, 0.5]},
+              "tasks": TASKS, "best": None, "sweep": None, "main_metric": MAIN_METRIC, "timings": {}, "config": {},
+              "rows": [row("ties_merging", "merged", [0.3, 0.6, 0.7])]}
+    md = open(write_reports(single, str(tmp_path))["md"]).read()
+    assert "| Model | CoLA (mcc) | MNLI (acc) | STSB (corr) | Avg. |" in md
+    assert "CoLA: Matthews correlation coefficient" in md and "STSB: mean of Pearson and Spearman" in md
+    assert ("Parameters of `ties_merging`: `threshold=20`, `merge_func=sum`, `sparsify=null`, "
+            "`scaling_factor=[0.3, 0.5]`.") in md
+    sweep_md = open(write_reports(curve_result(), str(tmp_path / "sweep"))["md"]).read()
+    assert "Swept: `scaling_factor` over [0.1, 0.3, 0.5, 0.7]." in sweep_md
+    assert "Fixed parameters of `task_arithmetic`: `sparsify=null`." in sweep_md
+    assert "Best sweep point (highest Avg.): scaling_factor=" in sweep_md
+
+
+def test_xlsx_has_numeric_columns_for_swept_keys(tmp_path):
+    import openpyxl
+
+    result = grid_result()
+    for r in result["rows"]:
+        if r["kind"] == "sweep":
+            a, b = (float(part.split("=")[1]) for part in r["name"].split(", "))
+            r["sweep_values"] = {"Merge.scaling_factor.0": a, "Merge.scaling_factor.1": b}
+    paths = write_reports(result, str(tmp_path))
+    sheet = openpyxl.load_workbook(paths["xlsx"])["results"]
+    header = [c.value for c in sheet[1]]
+    assert header[-2:] == ["scaling_factor.0", "scaling_factor.1"]
+    column = header.index("scaling_factor.1") + 1
+    for i, r in enumerate(result["rows"], start=2):
+        cell = sheet.cell(row=i, column=column)
+        if r["kind"] == "sweep":
+            assert cell.data_type == "n" and cell.value == r["sweep_values"]["Merge.scaling_factor.1"]
+        else:
+            assert cell.value is None
+    csv = pd.read_csv(paths["csv"])
+    assert csv["scaling_factor.0"].dtype == np.float64
+
+
+def test_sweep_curve_marks_best_and_reference_rows():
+    from ppmerge.evaluation.plots import sweep_figure
+
+    result = curve_result()
+    fig = sweep_figure(result)
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    base = result["rows"][0]["average"] * 100
+    assert any(label.startswith("base Avg.") for label in lines)
+    (base_line,) = [line for label, line in lines.items() if label.startswith("base Avg.")]
+    assert list(base_line.get_ydata()) == pytest.approx([base, base])
+    best = next(r for r in result["rows"] if r["best"])
+    (star,) = [line for label, line in lines.items() if label.startswith("best:")]
+    assert star.get_marker() == "*"
+    assert list(star.get_xdata()) == [best["sweep_values"]["Merge.scaling_factor"]]
+    assert list(star.get_ydata()) == pytest.approx([100 * best["average"]])
+    assert "CoLA (mcc)" in lines and "Avg." in lines and ax.get_xlabel() == "scaling_factor"
+
+
+def test_grid_has_a_panel_per_task_named_axes_and_labelled_colorbars():
+    import matplotlib.patches
+
+    from ppmerge.evaluation.plots import cross_task_figure, sweep_figure
+
+    result = grid_result()
+    result["main_metric"] = MAIN_METRIC
+    result["pool"] = [{"name": "RTE"}, {"name": "MRPC"}]
+    fig = sweep_figure(result)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["Avg.", "CoLA (mcc)", "MNLI (acc)", "STSB (corr)"]
+    for ax in panels:
+        assert ax.get_ylabel() == "scaling_factor.0 (RTE)" and ax.get_xlabel() == "scaling_factor.1 (MRPC)"
+        (box,) = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle) and p.get_edgecolor()[0] == 1]
+        best = [r for r in result["rows"] if r["kind"] == "sweep"].index(next(r for r in result["rows"] if r["best"]))
+        i, j = divmod(best, 3)
+        assert box.get_xy() == (j - 0.5, i - 0.5)
+        # the heatmap shows this panel's numbers
+        image = ax.get_images()[0]
+        task = ax.get_title().split(" ")[0]
+        sweep = [r for r in result["rows"] if r["kind"] == "sweep"]
+        want = [100 * (r["average"] if task == "Avg." else r["metrics"][task]["main"]) for r in sweep]
+        np.testing.assert_allclose(np.asarray(image.get_array()).ravel(), want)
+    colorbars = sorted(ax.get_ylabel() for ax in fig.axes if not ax.get_title() and ax.get_ylabel())
+    assert colorbars == sorted(["Avg. of the main metrics x100", "CoLA mcc x100", "MNLI acc x100", "STSB corr x100"])
+    cross = cross_task_figure(result)
+    assert "task's main metric x100" in [ax.get_ylabel() for ax in cross.axes]
