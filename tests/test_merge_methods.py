@@ -185,11 +185,11 @@ def test_cabs_matches_sequential_nm_reference():
         merged = base[k].astype(np.float64)
         for i in order:
             residual = np.where(taken, 0.0, tv[i][k])
-            keep = nm_reference(residual, 2, 4) & ~taken
+            keep = nm_reference(residual, 2, 6) & ~taken
             merged = merged + lam[i] * tv[i][k] * keep
             taken |= keep
         expected[k] = merged
-    assert_close(METHODS["cabs"](base, models, scaling_factor=lam, n=2, m=4, order=order), expected)
+    assert_close(METHODS["cabs"](base, models, scaling_factor=lam, n=2, m=6, order=order), expected)
 
 
 def test_cabs_two_models_magnitude_is_ca_magnitude_then_task_arithmetic():
@@ -270,9 +270,9 @@ def test_which_methods_stream():
 
 def test_ties_does_not_stream_off_the_cpu(monkeypatch):
     """On other devices the paddle path runs on the whole pool (the streamed form is numpy only)."""
-    from ppmerge.merge.methods import ties_merging as ties
+    from ppmerge.merge import executor
 
-    monkeypatch.setattr(ties, "on_host", lambda: False)
+    monkeypatch.setattr(executor, "on_host", lambda: False)
     for name in ("ties_merging", "dare_ties_merging"):
         assert not METHODS[name].can_stream(METHODS[name].resolve({}))
 
@@ -418,9 +418,10 @@ def test_paddle_tensor_inputs_give_numpy_result(name):
     import paddle
 
     base, models = make_pool(seed=8)
-    expected = METHODS[name](base, models)
+    params = {"n": 1, "m": 4} if name == "cabs" else {}  # 4 models: disjoint 1:4 masks
+    expected = METHODS[name](base, models, **params)
     as_tensors = lambda sd: {k: paddle.to_tensor(v) for k, v in sd.items()}  # noqa: E731
-    got = METHODS[name](as_tensors(base), [as_tensors(m) for m in models])
+    got = METHODS[name](as_tensors(base), [as_tensors(m) for m in models], **params)
     assert all(isinstance(v, np.ndarray) for v in got.values())
     assert_close(got, expected, atol=0)
 
@@ -449,7 +450,8 @@ def test_parameter_validation():
     with pytest.raises(ConfigError, match=r"Merge\.method: unknown merge method 'ties_mergin'; did you mean 'ties_merging'"):
         get_method("ties_mergin")
     assert ties.resolve({"threshold": 10}) == {"threshold": 10, "merge_func": "sum", "scaling_factor": 0.3,
-                                               "topk_scope": "global", "sparsify": None}
+                                               "topk_scope": "global", "sparsify": None, "weights": None,
+                                               "topk_rule": "ge_kth", "zero_sign": "majority"}
     base, models = make_pool(n=3)
     with pytest.raises(ConfigError, match=r"Merge\.scaling_factor: expected one factor per model \(3\)"):
         METHODS["task_arithmetic"](base, models, scaling_factor=[0.1, 0.2])
@@ -459,12 +461,10 @@ def test_parameter_validation():
 def test_ties_cpu_slices_and_chunks_match_formula_and_paddle_path(scope, monkeypatch):
     """The numpy CPU path cut into small row slices and chunks (and the sampled threshold selection,
     d > 65536) against the FusionBench formula and against the paddle path used on other devices."""
-    from ppmerge.merge import sparsify
-    from ppmerge.merge.methods import ties_merging as ties
+    from ppmerge.merge import executor as ties, executor_ties, sparsify
 
     monkeypatch.setattr(sparsify, "CHUNK", 512)
-    monkeypatch.setattr(ties, "CHUNK", 512)
-    monkeypatch.setattr(ties, "SLICE", 3000)
+    monkeypatch.setattr(executor_ties, "CHUNK", 512)
     shapes = {"emb": (700, 100), "w": (33, 45), "b": (7,)}
     rng = np.random.default_rng(11)
     base = {k: (rng.integers(-8, 8, size=s) / 4).astype(np.float32) for k, s in shapes.items()}

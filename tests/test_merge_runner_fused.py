@@ -56,7 +56,7 @@ def _pool(paths):
 
 @pytest.fixture
 def small_scratch(monkeypatch):
-    from ppmerge.merge import streaming
+    from ppmerge.merge import executor_linear as streaming
 
     monkeypatch.setattr(streaming, "SCRATCH_BYTES", SCRATCH)
 
@@ -96,7 +96,7 @@ def _numpy_linear(base, models, base_coef, coefs):
 
 @pytest.mark.parametrize("dtype,threads", [(np.float32, 1), (np.float32, 3), (np.float16, None), ("bf16", None)])
 def test_fused_merges_equal_numpy_formula_exactly(tmp_path, small_scratch, monkeypatch, dtype, threads):
-    from ppmerge.merge import streaming
+    from ppmerge.merge import executor_linear as streaming
 
     monkeypatch.setattr(streaming, "THREADS", threads)
     paths, base, models = _write_pool(tmp_path, dtype)
@@ -195,7 +195,7 @@ def test_finite_sum_overflow_is_not_a_false_alarm(tmp_path, small_scratch):
 def test_first_bad_key_in_key_order_is_named_whatever_the_threads(tmp_path, small_scratch, monkeypatch, threads):
     """Two bad tensors in one model: the one a sequential loop meets first is named, even though the
     workers take the (larger) later one first."""
-    from ppmerge.merge import METHODS, streaming
+    from ppmerge.merge import METHODS, executor_linear as streaming
 
     monkeypatch.setattr(streaming, "THREADS", threads)
     paths, _, _ = _write_pool(tmp_path, nan_at=("MNLI", "gpt.decoder.layers.0.linear1.bias", -1, np.nan))

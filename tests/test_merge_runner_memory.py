@@ -78,7 +78,7 @@ def test_streamed_models_are_checked_as_read(tmp_path):
 def test_block_updates_also_copy_back_when_not_zero_copy():
     """A Fortran-order accumulator is not shared with the device tensor: the result must be copied back.
     Blocks are forced small so that several row blocks and a per-entry (DARE-like) coefficient are used."""
-    from ppmerge.merge import streaming
+    from ppmerge.merge import executor_linear as streaming
 
     rng = np.random.default_rng(3)
     for order in ("C", "F"):

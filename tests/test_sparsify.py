@@ -151,7 +151,8 @@ def test_spec_validation():
 
 
 def test_kth_smallest_bracket_is_exact_on_large_arrays():
-    from ppmerge.merge.sparsify import kth_smallest
+    """The one k-th selector on one large flat array (the per-tensor magnitude masks use it so)."""
+    from ppmerge.merge.sparsify import TaskVectorPart, kth_smallest_magnitude
 
     rng = np.random.default_rng(9)
     values = [np.abs(rng.standard_normal(600_000)).astype(np.float32),
@@ -160,7 +161,7 @@ def test_kth_smallest_bracket_is_exact_on_large_arrays():
     for v in values:
         ordered = np.sort(v)
         for k in (1, 1000, v.size // 2, v.size - int(v.size * 0.2), v.size):
-            assert kth_smallest(v.copy(), k) == ordered[k - 1]
+            assert kth_smallest_magnitude([TaskVectorPart(v)], k) == ordered[k - 1]
 
 
 def test_kth_smallest_magnitude_over_parts_is_exact(monkeypatch):

@@ -33,22 +33,22 @@ SPARSITY_RATIO = Param("float", 0.5, "DARE: probability p of dropping each task-
 RESCALE = Param("bool", True, "DARE: multiply kept entries by 1/(1 − p)")
 SEED = Param("int", 0, "DARE: seed of the drop masks (per model and tensor, device independent)")
 THRESHOLD = Param("float", 20.0, "TIES: percentage of each task vector kept (largest |τ|)", check=_check_percent)
-MERGE_FUNC = Param("str", "sum", "TIES: how agreeing entries combine", choices=("sum", "mean", "max"))
 TOPK_SCOPE = Param("str", "global", "TIES: rank |τ| over the whole task vector (FusionBench) or per tensor "
-                   "(mergekit)", choices=("global", "tensor"))
-
+                   "(the scope of mergekit's TIES; mergekit-exact also needs topk_rule: count, zero_sign: positive)",
+                   choices=("global", "tensor"))
 DARE_PARAMS = {"sparsity_ratio": SPARSITY_RATIO, "rescale": RESCALE, "seed": SEED}
 
 
-def dare_spec(sparsity_ratio, rescale, seed):
-    return {"name": "dare", "ratio": sparsity_ratio, "rescale": rescale, "seed": seed}
+def dare_spec(params):
+    """The sparsify spec of a DARE row's parameters (sparsity_ratio, rescale, seed)."""
+    return {"name": "dare", "ratio": params["sparsity_ratio"], "rescale": params["rescale"], "seed": params["seed"]}
 
 
-def streams_with(sparsify):
-    """Linear methods stream unless their masks look at τ (they then need base and model at once)."""
-    if not sparsify:
-        return True
-    from ppmerge.merge.sparsify import parse_sparsify
+def weights_param(doc):
+    return Param("float|list[float]", None, doc + "; a float applies to every model, a list is one per model "
+                 "(pool order); null: all 1", nullable=True)
 
-    spec = parse_sparsify(sparsify)
-    return spec["name"] in ("dare", "random") and not spec["conflict_aware"]
+
+def weights_of(weights, num_models, where="Merge.weights"):
+    """One float per model (None: all 1)."""
+    return [1.0] * num_models if weights is None else scaling_factors(weights, num_models, where)

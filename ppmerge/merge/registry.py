@@ -66,6 +66,12 @@ class MergeMethod:
     data_dependent: bool = False
     stream: Optional[Callable] = None
     stream_when: Optional[Callable] = None
+    plan: Any = None  # the declared plan (ppmerge.merge.executor) when registered with register_plan
+    needs_base: Any = True  # bool, or `needs_base(resolved params) -> bool` (e.g. only with a sparsifier)
+
+    def base_needed(self, params):
+        """Does this method read the pretrained base with these resolved parameters?"""
+        return bool(self.needs_base(params)) if callable(self.needs_base) else bool(self.needs_base)
 
     def can_stream(self, params):
         """Can `stream` run with these resolved parameters? (e.g. not with magnitude masks, which need
@@ -81,8 +87,7 @@ class MergeMethod:
         for key, value in (params or {}).items():
             where = f"{prefix}.{key}" if prefix else key
             if key not in self.params:
-                hint = difflib.get_close_matches(key, list(self.params), n=1)
-                near = f"; did you mean {prefix + '.' if prefix else ''}{hint[0]}?" if hint else ""
+                near = did_you_mean(key, self.params, f"{prefix}." if prefix else "")
                 known = ", ".join(sorted(self.params)) or "none"
                 raise ConfigError(f"{where}: unknown parameter for method {self.name!r}{near} "
                                   f"(its parameters: {known})")
@@ -129,21 +134,43 @@ def check_param(param, value, where):
 METHODS = {}
 
 
-def register(name, params=None, doc="", data_dependent=False, stream=None, stream_when=None):
-    """Decorator: register `fn` under `name` with its `Param`s (see MergeMethod for the rest)."""
+def register(name, params=None, doc="", data_dependent=False, stream=None, stream_when=None, needs_base=True):
+    """Decorator: register `fn` under `name` with its `Param`s (see MergeMethod for the rest).
+    `needs_base=False` (or a callable of the resolved params): the method never reads the base's values,
+    so a model pool without `ModelPool.base` can run it (the base passed is then zeros)."""
     def wrap(fn):
         if name in METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
         METHODS[name] = MergeMethod(name, fn, dict(params or {}), doc or (fn.__doc__ or "").strip().split("\n")[0],
-                                    data_dependent, stream, stream_when)
+                                    data_dependent, stream, stream_when, needs_base=needs_base)
         return fn
     return wrap
+
+
+def register_plan(name, plan, params=None, doc="", needs_base=True):
+    """Register a method declared by its plan (ppmerge.merge.executor: Linear, Consensus, PerTensor): the
+    execution layer supplies fn, stream and stream_when. Returns the MergeMethod."""
+    from ppmerge.merge.executor import bind
+
+    if name in METHODS:
+        raise ValueError(f"merge method {name!r} registered twice")
+    fn, stream, stream_when = bind(plan, {key: param.default for key, param in (params or {}).items()})
+    METHODS[name] = MergeMethod(name, fn, dict(params or {}), doc, False, stream, stream_when, plan=plan,
+                                needs_base=needs_base)
+    return METHODS[name]
+
+
+def did_you_mean(word, known, prefix="", quote=False):
+    """'; did you mean <prefix><closest>?' for the closest of `known`, or '' (THE did-you-mean helper)."""
+    hint = difflib.get_close_matches(word, [str(k) for k in known], n=1)
+    if not hint:
+        return ""
+    return f"; did you mean {prefix}{hint[0]!r}?" if quote else f"; did you mean {prefix}{hint[0]}?"
 
 
 def get_method(name, where="Merge.method"):
     """The registered method, or a UserError listing the known ones (with did-you-mean)."""
     if name in METHODS:
         return METHODS[name]
-    hint = difflib.get_close_matches(str(name), list(METHODS), n=1)
-    near = f"; did you mean {hint[0]!r}?" if hint else ""
+    near = did_you_mean(str(name), METHODS, quote=True)
     raise ConfigError(f"{where}: unknown merge method {name!r}{near} (known: {', '.join(sorted(METHODS))})")

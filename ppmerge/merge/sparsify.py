@@ -27,7 +27,7 @@ import zlib
 import numpy as np
 
 from ppmerge.errors import ConfigError
-from ppmerge.merge.registry import Param, check_param
+from ppmerge.merge.registry import Param, check_param, did_you_mean
 from ppmerge.merge.tensor_ops import paddle, to_host
 
 SPARSIFIERS = ("magnitude", "random", "nm", "dare")
@@ -57,12 +57,9 @@ def parse_sparsify(spec, where="Merge.sparsify"):
         spec = {"name": spec}
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping like {{name: magnitude, ratio: 0.8}}, got {spec!r}")
-    import difflib
-
     for key in spec:
         if key not in SPEC_FIELDS:
-            hint = difflib.get_close_matches(key, list(SPEC_FIELDS), n=1)
-            near = f"; did you mean {where}.{hint[0]}?" if hint else ""
+            near = did_you_mean(key, SPEC_FIELDS, f"{where}.")
             raise ConfigError(f"{where}.{key}: unknown sparsify key{near} (known: {', '.join(SPEC_FIELDS)})")
     if "name" not in spec:
         raise ConfigError(f"{where}.name: missing; expected one of {', '.join(SPARSIFIERS)}")
@@ -106,35 +103,10 @@ def kth_smallest_rank(d, density):
     return None if k <= 0 else k
 
 
-def kth_smallest(values, k, samples=65536):
-    """The exact k-th smallest (1-based) of a flat numpy array, ~4× faster than a full partition: a
-    sorted random sample brackets the rank, only the entries inside the bracket are partitioned
-    (a miss, which the sample makes very unlikely, falls back to the full partition)."""
-    d = values.size
-    if d <= 4 * samples:
-        return values[np.argpartition(values, k - 1)[k - 1]]
-    sample = np.sort(values[np.random.default_rng(0).integers(0, d, samples)])
-    lo, hi = _bracket(sample, k, d)
-    below = int(np.count_nonzero(values < lo))
-    band = values[(values >= lo) & (values <= hi)]
-    if below < k <= below + band.size:
-        return np.partition(band, k - below - 1)[k - below - 1]
-    return np.partition(values, k - 1)[k - 1]
-
-
-def _bracket(sorted_sample, k, d):
-    """[lo, hi] from a sorted uniform sample that holds the k-th smallest of d values unless the
-    sample is off by more than 5 standard deviations of the quantile (then the caller falls back)."""
-    samples = sorted_sample.size
-    q = k / d
-    margin = 5.0 * np.sqrt(q * (1.0 - q) / samples) + 2.0 / samples
-    lo = sorted_sample[max(int((q - margin) * samples), 0)]
-    hi = sorted_sample[min(int((q + margin) * samples), samples - 1)]
-    return lo, hi
-
-
 def _bracket_of(sample, k, d):
-    """_bracket without sorting the whole sample: only its two order statistics are selected."""
+    """[lo, hi] from a uniform sample that holds the k-th smallest of d values unless the sample is off by
+    more than 5 standard deviations of the quantile (then the caller falls back); only the sample's two
+    order statistics are selected."""
     samples = sample.size
     q = k / d
     margin = 5.0 * np.sqrt(q * (1.0 - q) / samples) + 2.0 / samples
@@ -245,7 +217,7 @@ def magnitude_mask(magnitude, density):
     k = kth_smallest_rank(int(magnitude.size), density)
     if k is None:
         return pd.ones(magnitude.shape, dtype="bool")
-    return magnitude >= float(kth_smallest(to_host(magnitude).ravel(), k))
+    return magnitude >= float(kth_smallest_magnitude([TaskVectorPart(to_host(magnitude).ravel())], k))
 
 
 def global_threshold(magnitudes, sizes, density):

@@ -65,3 +65,19 @@ def as_numpy(x):
 def float_keys(base):
     """The keys of the floating-point tensors: those are merged; others are copied from the base."""
     return [k for k, v in base.items() if is_floating(v)]
+
+
+def like_base(base, results, dtypes=None):
+    """THE non-float epilogue of every merge: {key: result} for the float keys (in the base's dtype and
+    shape; popped from `results` one by one) and a copy of the base's value for the others."""
+    merged = {}
+    for key, value in list(base.items()):
+        if key in results:
+            dtype = dtypes[key] if dtypes else numpy_dtype(value)
+            array = as_numpy(results.pop(key))
+            if array.shape != tuple(np.shape(value)):
+                array = array.reshape(np.shape(value))
+            merged[key] = array.astype(dtype, copy=False)
+        else:  # non-float tensors (none in GPT) are copied from the base
+            merged[key] = np.array(as_numpy(value))
+    return merged

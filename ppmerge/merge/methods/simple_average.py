@@ -1,22 +1,20 @@
-"""simple_average: the mean of the fine-tuned models (the base is not one of them)."""
-from ppmerge.merge.method_params import SPARSIFY_PARAM, streams_with
-from ppmerge.merge.registry import register
-from ppmerge.merge.streaming import stream_linear
-from ppmerge.merge.task_vector import merge_per_key, merge_task_vectors, task_vector_source
+"""simple_average: θ = mean_i θ_i (the base is not one of them); dare_simple_average: θ₀ + mean_i DARE(τ_i).
+
+With `sparsify` each θ_i stands for θ₀ + τ̂_i (ppmerge.merge.sparsify). DARE (Yu et al. 2024, "drop and
+rescale") drops each task-vector entry with probability p and rescales the kept ones by 1/(1 − p); the
+masks come from `seed`, per model and tensor, as in FusionBench.
+"""
+from ppmerge.merge.executor import Linear
+from ppmerge.merge.method_params import DARE_PARAMS, SPARSIFY_PARAM, dare_spec
+from ppmerge.merge.registry import register_plan
 
 
-def simple_average(base, models, sparsify=None):
-    """θ = mean_i θ_i; with `sparsify`, θ = θ₀ + mean_i τ̂_i."""
-    if sparsify:
-        return merge_task_vectors(base, models, lambda key, theta0, taus: theta0 + sum(taus) / len(taus),
-                                  task_vector_source(base, models, sparsify))
-    return merge_per_key(base, models, lambda key, theta0, thetas: sum(thetas) / len(thetas))
+def simple_average(num_models, **_):
+    """θ = 0·θ₀ + Σ_i (1/n)·θ_i."""
+    return 0.0, [1.0 / num_models] * num_models
 
 
-def stream_simple_average(base, models, sparsify=None, consume=False):
-    n = len(models)
-    return stream_linear(base, models, 0.0, [1.0 / n] * n, sparsify, consume)
-
-
-register("simple_average", params={"sparsify": SPARSIFY_PARAM}, stream=stream_simple_average,
-         stream_when=lambda p: streams_with(p["sparsify"]))(simple_average)
+register_plan("simple_average", Linear(simple_average, on="models"), params={"sparsify": SPARSIFY_PARAM},
+              doc="θ = mean_i θ_i; with `sparsify`, θ = θ₀ + mean_i τ̂_i.", needs_base=lambda p: bool(p["sparsify"]))
+register_plan("dare_simple_average", Linear(simple_average, on="models", sparsify=dare_spec), params=DARE_PARAMS,
+              doc="θ₀ + mean_i DARE(τ_i)")

@@ -1,9 +1,8 @@
 """weighted_average: Σ w_i θ_i, divided by Σ w_i when `normalize`."""
 from ppmerge.errors import ConfigError
-from ppmerge.merge.method_params import SPARSIFY_PARAM, streams_with
-from ppmerge.merge.registry import Param, register
-from ppmerge.merge.streaming import stream_linear
-from ppmerge.merge.task_vector import merge_per_key, merge_task_vectors, task_vector_source
+from ppmerge.merge.executor import Linear
+from ppmerge.merge.method_params import SPARSIFY_PARAM
+from ppmerge.merge.registry import Param, register_plan
 
 
 def _coefficients(weights, normalize, n):
@@ -18,21 +17,14 @@ def _coefficients(weights, normalize, n):
     return weights
 
 
-def weighted_average(base, models, weights=None, normalize=True, sparsify=None):
-    """θ = Σ c_i θ_i with c = w (/Σw); with `sparsify` each θ_i is θ₀ + τ̂_i."""
-    coefs = _coefficients(weights, normalize, len(models))
-    if sparsify:
-        return merge_task_vectors(base, models, lambda key, theta0, taus: sum(coefs) * theta0 + sum(
-            c * t for c, t in zip(coefs, taus)), task_vector_source(base, models, sparsify))
-    return merge_per_key(base, models, lambda key, theta0, thetas: sum(c * t for c, t in zip(coefs, thetas)))
+def weighted_average(num_models, weights=None, normalize=True, **_):
+    """θ = 0·θ₀ + Σ_i c_i·θ_i with c = w (/ Σ w); with `sparsify` each θ_i is θ₀ + τ̂_i."""
+    return 0.0, _coefficients(weights, normalize, num_models)
 
 
-def stream_weighted_average(base, models, weights=None, normalize=True, sparsify=None, consume=False):
-    return stream_linear(base, models, 0.0, _coefficients(weights, normalize, len(models)), sparsify, consume)
-
-
-register("weighted_average", params={
+register_plan("weighted_average", Linear(weighted_average, on="models"), params={
     "weights": Param("list[float]", None, "one weight per model, pool order (null: all 1)", nullable=True),
     "normalize": Param("bool", True, "divide the weights by their sum"),
     "sparsify": SPARSIFY_PARAM,
-}, stream=stream_weighted_average, stream_when=lambda p: streams_with(p["sparsify"]))(weighted_average)
+}, doc="θ = Σ c_i θ_i with c = w (/Σw); with `sparsify` each θ_i is θ₀ + τ̂_i.",
+   needs_base=lambda p: bool(p["sparsify"]))

@@ -22,7 +22,7 @@ import numpy as np
 
 from ppmerge.errors import UserError
 from ppmerge.models.checkpoint import to_float32
-from ppmerge.merge.tensor_ops import as_numpy, is_floating, numpy_dtype, to_device, to_host
+from ppmerge.merge.tensor_ops import as_numpy, is_floating, like_base, numpy_dtype, to_device, to_host
 
 
 def _float32_buffer(base, key, consume):
@@ -79,26 +79,41 @@ def _add_in_place(accumulator, value, coef=1.0):
     """accumulator += value·coef (on the compute device), block by block."""
     plain = np.isscalar(coef) and coef == 1.0  # one pass instead of a multiply then an add
     for rows in _row_blocks(accumulator):
-        _update_block(accumulator[rows], lambda t: t.add_(
-            to_device(value[rows]) if plain else to_device(value[rows]) * _block(coef, rows)))
+        part = _block(coef, rows)
+        if isinstance(part, np.ndarray) and part.ndim:
+            part = to_device(part)
+        _update_block(accumulator[rows], lambda t: t.add_(to_device(value[rows]) if plain else to_device(value[rows]) * part))
 
 
 SCRATCH_BYTES = 2 << 20  # the fused read + add works on blocks this size: they stay in cache (2-4 MB fastest here)
 THREADS = None  # fused-add workers; None: one per usable core
 
 
-class _Scratch:
-    """Reusable buffers of the fused path: the file's bytes, and (made when first needed) a float32
-    block for products and fp16 / bf16 values."""
+class Scratch:
+    """Reusable work buffers of one thread (made when first needed, grown on demand): `raw(nbytes)` the
+    file's bytes of a fused read, `float32(size)` products and fp16 / bf16 values, and the chunk-sized
+    `tau` / `work` / `mask` of the TIES kernels."""
 
-    def __init__(self, nbytes):
-        self.raw = np.empty(nbytes, dtype=np.uint8)
+    def __init__(self, nbytes=0):
+        self._raw = np.empty(nbytes, dtype=np.uint8)
         self._float32 = np.empty(0, dtype=np.float32)
+        self._chunk = None
+
+    def raw(self, nbytes):
+        if self._raw.size < nbytes:
+            self._raw = np.empty(nbytes, dtype=np.uint8)
+        return self._raw[:nbytes]
 
     def float32(self, size):
         if self._float32.size < size:
             self._float32 = np.empty(size, dtype=np.float32)
         return self._float32[:size]
+
+    def chunk_buffers(self, size):
+        """(tau, work, mask): two float32 and one bool buffer of `size` entries."""
+        if self._chunk is None or self._chunk[0].size < size:
+            self._chunk = (np.empty(size, np.float32), np.empty(size, np.float32), np.empty(size, bool))
+        return self._chunk
 
     def as_float32(self, block):
         """block as float32 values: float32 blocks as they are, fp16 cast, uint16 decoded as bf16 bits."""
@@ -114,6 +129,17 @@ class _Scratch:
         return out
 
 
+_LOCAL = threading.local()
+
+
+def thread_scratch(nbytes=0):
+    """This thread's Scratch (one per worker thread, kept for the life of the thread)."""
+    scratch = getattr(_LOCAL, "scratch", None)
+    if scratch is None:
+        scratch = _LOCAL.scratch = Scratch(nbytes)
+    return scratch
+
+
 def _flat(array, order):
     """array's elements in `order` as a flat view (None when that would need a copy)."""
     if array.flags.c_contiguous if order == "C" else array.flags.f_contiguous:
@@ -126,19 +152,20 @@ def _can_fuse(model, key, accumulator):
     return hasattr(model, "iter_blocks") and _flat(accumulator, model.storage_order(key)) is not None
 
 
-def _fused_add(accumulator, model, key, coef, scratch, then_scale=None):
+def _fused_add(accumulator, model, key, coef, scratch, raw_bytes, then_scale=None):
     """accumulator += model[key]·coef (then ·then_scale), reading the tensor from its file block by block
     into the scratch buffer and adding each block while it is in cache: no copy of the tensor is made
-    and it is read from memory once (`_can_fuse` must hold). Float32 numpy ops round exactly as the
-    paddle ops of `_add_in_place` do."""
+    and it is read from memory once (`_can_fuse` must hold). `coef` is a float, or a MaskedCoef (DARE:
+    per entry, built block by block from packed masks). Float32 numpy ops round exactly as the paddle
+    ops of `_add_in_place` do."""
     order = model.storage_order(key)
     flat = _flat(accumulator, order)
-    plain = np.isscalar(coef) and coef == 1.0
-    per_entry = None if np.isscalar(coef) or np.ndim(coef) == 0 else np.asarray(coef).reshape(-1, order=order)
-    for start, block in model.iter_blocks(key, scratch.raw):
+    masked = isinstance(coef, MaskedCoef)
+    plain = not masked and coef == 1.0
+    for start, block in model.iter_blocks(key, scratch.raw(raw_bytes)):
         out = flat[start:start + block.size]
         if not plain:
-            part = coef if per_entry is None else per_entry[start:start + block.size]
+            part = coef.block(start, start + block.size, order, accumulator.shape) if masked else coef
             value = scratch.as_float32(block)
             if value is block:  # float32 from the file: the product goes to the float32 scratch
                 value = np.multiply(block, part, out=scratch.float32(block.size))
@@ -153,8 +180,9 @@ def _fused_add(accumulator, model, key, coef, scratch, then_scale=None):
             np.multiply(out, then_scale, out=out)
 
 
-def _threads():
-    """One worker per core this process may use (numpy's ufuncs and pread release the GIL)."""
+def thread_count():
+    """THE thread policy of the merge kernels: one worker per core this process may use (numpy's
+    ufuncs and pread release the GIL); `THREADS` overrides it (tests, benchmarks)."""
     if THREADS:
         return THREADS
     try:
@@ -168,22 +196,15 @@ class _FusedWorkers:
     Tensors are handed out largest first (so the embedding does not finish last); the first failing
     tensor in key order is the error raised, as a sequential loop would raise it."""
 
-    def __init__(self, scratch_bytes, threads):
-        self.scratch_bytes, self.threads = scratch_bytes, threads
-        self.local = threading.local()
+    def __init__(self, threads):
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fused-merge") if threads > 1 else None
-
-    def _scratch(self):
-        if getattr(self.local, "scratch", None) is None:
-            self.local.scratch = _Scratch(self.scratch_bytes)
-        return self.local.scratch
 
     def run(self, keys, work, size):
         if self.pool is None:
             for key in keys:
-                work(key, self._scratch())
+                work(key, thread_scratch())
             return
-        futures = {key: self.pool.submit(lambda k=key: work(k, self._scratch()))
+        futures = {key: self.pool.submit(lambda k=key: work(k, thread_scratch()))
                    for key in sorted(keys, key=size, reverse=True)}
         try:
             for key in keys:
@@ -199,6 +220,53 @@ class _FusedWorkers:
     def __exit__(self, *exc):
         if self.pool is not None:
             self.pool.shutdown(wait=True)
+
+
+class DareMasks:
+    """The keep masks of a data-free sparsifier (dare / random) for every model and tensor, drawn ONCE
+    from their seeds (sparsify.random_keep_host, on the worker threads) and kept as packed bits:
+    n/32 of one float32 model. Both the base coefficient and each model's add read them."""
+
+    def __init__(self, spec, shapes, num_models, threads):
+        from ppmerge.merge.sparsify import random_keep_host
+
+        self.scale = float(spec["scale"])
+        self.shapes = shapes
+        jobs = [(i, key) for i in range(num_models) for key in shapes]
+
+        def draw(job):
+            i, key = job
+            return np.packbits(random_keep_host(shapes[key], spec["ratio"], spec["seed"], i, key).reshape(-1))
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            self.bits = dict(zip(jobs, pool.map(draw, jobs)))
+
+    def keep(self, i, key, start=0, stop=None):
+        """Model i's mask of `key`, flat (C order), entries start..stop, as uint8 0/1."""
+        size = int(np.prod(self.shapes[key]))
+        stop = size if stop is None else stop
+        first = start // 8
+        bits = np.unpackbits(self.bits[i, key][first:(stop + 7) // 8], count=stop - first * 8)
+        return bits[start - first * 8:]
+
+    def coef(self, i, key, c):
+        return MaskedCoef(self, i, key, np.float32(self.scale) * np.float32(c))
+
+
+class MaskedCoef:
+    """c·s·m_i per entry of one tensor, made block by block (never a whole float32 tensor)."""
+
+    def __init__(self, masks, i, key, value):
+        self.masks, self.i, self.key, self.value = masks, i, key, value
+
+    def block(self, start, stop, order="C", shape=None):
+        if order != "C":  # a Fortran-ordered file: the mask in that element order (whole tensor, rare)
+            full = self.whole().reshape(shape).reshape(-1, order=order)
+            return full[start:stop]
+        return self.masks.keep(self.i, self.key, start, stop) * self.value
+
+    def whole(self):
+        return self.block(0, None)
 
 
 def _as_float_values(value):
@@ -222,61 +290,56 @@ def each_model(models, n, consume):
 
 
 def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=False):
-    """θ = base_coef·θ₀ + Σ_i model_coefs[i]·θ_i over the iterable `models` (len(models) == len(model_coefs))."""
-    from ppmerge.merge.sparsify import Sparsifier
-
+    """θ = base_coef·θ₀ + Σ_i model_coefs[i]·θ_i over the sized iterable `models` (one model in memory at
+    a time; a list runs the same code). `sparsify`: a parsed data-free spec (dare / random) or None."""
     n = len(model_coefs)
     if len(models) != n:
         raise UserError(f"the merge got {len(models)} models but {n} coefficients (one per model expected)")
-    sparsifier = Sparsifier(sparsify, n) if sparsify else None
-    if sparsifier is not None and not sparsifier.data_free:
-        raise ValueError("stream_linear: only dare / random masks can stream (check MergeMethod.can_stream)")
     keys = [k for k, v in base.items() if is_floating(v)]
     dtypes = {k: numpy_dtype(base[k]) for k in base}
+    threads = thread_count()
+    masks = DareMasks(sparsify, {k: tuple(np.shape(base[k])) for k in keys}, n, threads) if sparsify else None
     # Every model with the same coefficient c (simple average, task arithmetic): accumulate
     # (c₀/c)·θ₀ + Σ θ_i and multiply by c once at the end, so each model costs one add pass.
-    common = model_coefs[0] if sparsifier is None and n and len(set(model_coefs)) == 1 and model_coefs[0] else None
+    common = model_coefs[0] if masks is None and n and len(set(model_coefs)) == 1 and model_coefs[0] else None
     if common is not None:
         base_coef, model_coefs = base_coef / common, [1.0] * n
 
     accumulator = {}
-    for key in keys:  # accumulator = c₀ ⊙ θ₀, written over the base's buffer
+    for key in keys:  # accumulator = c₀ ⊙ θ₀ (per entry with masks: c₀ + Σ c_i·(1 − s·m_i)), over the base's buffer
         buffer = _float32_buffer(base, key, consume)
         coef = base_coef
-        if sparsifier is not None:
-            coef = base_coef + sum(c * (1.0 - sparsifier.keep_scale(i, key, buffer.shape)) for i, c in enumerate(model_coefs))
+        if masks is not None:
+            coef = np.zeros(buffer.size, dtype=np.float32)
+            for i, c in enumerate(model_coefs):
+                coef += np.float32(c) * (np.float32(1.0) - masks.keep(i, key) * np.float32(masks.scale))
+            coef = (np.float32(base_coef) + coef).reshape(buffer.shape)
         _scale_in_place(buffer, coef)
         accumulator[key] = buffer
 
     # The common factor is applied with the last model's add, while each block is in cache.
     final_scale = common if common is not None and common != 1.0 else None
     largest = max([accumulator[k].nbytes for k in keys], default=0)  # small models: blocks well below a tensor
-    scratch_bytes = max(1, min(SCRATCH_BYTES, max(largest // 8, 64 << 10), largest))
-    # DARE's per-entry coefficients are whole-tensor masks: one thread, so that one is alive at a time.
-    with _FusedWorkers(scratch_bytes, _threads() if sparsifier is None else 1) as workers:
+    raw_bytes = max(1, min(SCRATCH_BYTES, max(largest // 8, 64 << 10), largest))
+    with _FusedWorkers(threads) as workers:
         for i, model in each_model(models, n, consume):
             then_scale = final_scale if i == n - 1 else None
 
             def coef_of(key, i=i):
-                if sparsifier is None:
-                    return model_coefs[i]
-                return model_coefs[i] * sparsifier.keep_scale(i, key, accumulator[key].shape)
+                return model_coefs[i] if masks is None else masks.coef(i, key, model_coefs[i])
 
             fused = [k for k in keys if _can_fuse(model, k, accumulator[k])]
             whole = [k for k in keys if k not in set(fused)]
             for key in whole:  # whole tensors (dict models, layouts that differ, ...)
                 value = _as_float_values(model.pop(key) if consume else model[key])
-                _add_in_place(accumulator[key], value, coef_of(key))
+                coef = coef_of(key)
+                if isinstance(coef, MaskedCoef):
+                    coef = coef.whole().reshape(accumulator[key].shape)
+                _add_in_place(accumulator[key], value, coef)
                 del value
                 if then_scale is not None:
                     _scale_in_place(accumulator[key], then_scale)
             workers.run(fused, lambda key, scratch: _fused_add(accumulator[key], model, key, coef_of(key), scratch,
-                                                              then_scale), size=lambda key: accumulator[key].nbytes)
-
-    merged = {}
-    for key in base:
-        if key in accumulator:
-            merged[key] = accumulator.pop(key).astype(dtypes[key], copy=False)
-        else:  # non-float tensors are copied from the base
-            merged[key] = np.array(as_numpy(base[key]))
-    return merged
+                                                              raw_bytes, then_scale),
+                        size=lambda key: accumulator[key].nbytes)
+    return like_base(base, accumulator, dtypes)
