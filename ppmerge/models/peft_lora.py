@@ -15,7 +15,12 @@ Module paths (the key less `base_model.model.` and `.lora_A.weight`) are mapped 
 layout. Everything the adapter would need that we do not compute is an error naming the key: DoRA,
 `bias` other than none, LoRA biases, embedding LoRA, `layers_to_transform` / `layers_pattern`,
 `rank_pattern` / `alpha_pattern`, PiSSA / OLoRA initialisations (they change the base weights), keys
-that are neither LoRA factors of a targeted module nor a module to save."""
+that are neither LoRA factors of a targeted module nor a module to save.
+
+paddlenlp.peft: `adapter_state_from_lora_model(lora_model)` turns a `LoRAModel`'s Paddle-layout factors
+(`<path>.lora_A` [in, r], `.lora_B` [r, out]) into this PEFT-like layout (A = lora_Aᵀ, B = lora_Bᵀ) and
+`load_adapter_into_lora_model` is its inverse. An adapter folder in Paddle's layout (keys `<path>.lora_A`
+without the `base_model.model.` prefix, config with `scaling`) is read by `parse_paddle_adapter`."""
 import json
 import math
 import os
@@ -196,8 +201,71 @@ def _saved_to_ours(saved, layout, where):
     return out
 
 
+def _is_paddle_layout(tensors):
+    return bool(tensors) and not any(k.startswith(PREFIX) for k in tensors) and \
+        any(k.endswith((".lora_A", ".lora_B")) for k in tensors)
+
+
+# adapter_config.json keys of a Paddle-layout adapter (ppmerge's LoRA training, ppmerge.models.families.lora).
+_PADDLE_CONFIG = {"peft_type", "r", "lora_alpha", "scaling", "target_modules", "family", "base_model", "layout",
+                  "rslora", "use_rslora", "lora_dropout", "dropout"}
+
+
+def parse_paddle_adapter(config, tensors, where="adapter"):
+    """A `LoraAdapter` from an adapter in Paddle's layout (what paddlenlp's LoRAModel holds): keys
+    `<our module path>.lora_A` [in, r] and `.lora_B` [r, out], other keys trained whole weights (a
+    head); scale = config `scaling`, else lora_alpha / r (/ sqrt(r) with rslora). A = lora_Aᵀ, B = lora_Bᵀ."""
+    cfg_where = os.path.join(where, CONFIG_FILE) if where != "adapter" else CONFIG_FILE
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_where}: expected a JSON object")
+    for key, value in config.items():
+        if key not in _PADDLE_CONFIG and value not in (None, False, {}, [], "", "none"):
+            raise CheckpointError(f"{cfg_where}: {key} {value!r} is not understood by ppmerge's LoRA import")
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        raise CheckpointError(f"{cfg_where}: peft_type {config['peft_type']!r} is not supported; expected LORA")
+    rslora = bool(config.get("rslora") or config.get("use_rslora"))
+    scale = lora_scale(dict(config, use_rslora=rslora), cfg_where)
+    if config.get("scaling") is not None and not math.isclose(float(config["scaling"]), scale, rel_tol=1e-6):
+        raise CheckpointError(f"{cfg_where}: scaling {config['scaling']} does not equal lora_alpha / "
+                              f"{'sqrt(r)' if rslora else 'r'} = {scale}")
+    factors, saved = {}, {}
+    for key, value in tensors.items():
+        match = re.fullmatch(r"(.+)\.lora_(A|B)", key)
+        if match:
+            factors.setdefault(match.group(1), {})[match.group(2)] = np.asarray(value)
+        elif ".lora_" in key:
+            raise CheckpointError(f"{where}: unexpected LoRA key {key!r} (expected <module>.lora_A / .lora_B)")
+        else:
+            saved[key] = np.asarray(value)
+    patterns = config.get("target_modules") or []
+    targets = {}
+    for module, pair in factors.items():
+        for part in ("A", "B"):
+            if part not in pair:
+                raise CheckpointError(f"{where}: {module}.lora_{part} is missing")
+        if module.split(".", 1)[0] not in ("t5", "gpt"):
+            raise CheckpointError(f"{where}: module {module!r} is not in ppmerge's key layout (t5. / gpt.)")
+        if patterns and not any(re.fullmatch(p, module) for p in patterns):
+            raise CheckpointError(f"{where}: module {module!r} has LoRA weights but target_modules {patterns!r} "
+                                  f"does not match it")
+        A, B = pair["A"], pair["B"]
+        if A.ndim != 2 or B.ndim != 2 or A.shape[1] != config["r"] or B.shape[0] != config["r"]:
+            raise CheckpointError(f"{where}: {module}: lora_A {list(A.shape)} / lora_B {list(B.shape)} do not have "
+                                  f"rank r = {config['r']} ([in, r] and [r, out] in Paddle's layout)")
+        targets[module + ".weight"] = LoraTarget(A=np.ascontiguousarray(A.T), B=np.ascontiguousarray(B.T), scale=scale)
+    if not targets:
+        raise CheckpointError(f"{where}: the adapter holds no LoRA weights")
+    peft = {"peft_type": "LORA", "r": config["r"], "lora_alpha": config["lora_alpha"], "use_rslora": rslora,
+            "target_modules": sorted(factors), "fan_in_fan_out": False, "bias": "none",
+            "modules_to_save": sorted({k.rsplit(".", 1)[0] for k in saved}) or None}
+    return LoraAdapter(targets=targets, saved=saved, config=peft, layout="ours", source=where)
+
+
 def parse_adapter(config, tensors, where="adapter"):
-    """A `LoraAdapter` from adapter_config.json (dict) and the adapter's tensors (PEFT keys → numpy)."""
+    """A `LoraAdapter` from adapter_config.json (dict) and the adapter's tensors (PEFT keys → numpy;
+    an adapter in Paddle's layout, `<path>.lora_A` [in, r], goes to `parse_paddle_adapter`)."""
+    if _is_paddle_layout(tensors):
+        return parse_paddle_adapter(config, tensors, where)
     check_config(config, os.path.join(where, CONFIG_FILE) if where != "adapter" else CONFIG_FILE)
     scale = lora_scale(config)
     r = config["r"]
@@ -380,3 +448,98 @@ def merge_folder(adapter_folder, base_path):
     adapter = read_adapter(adapter_folder)
     fields, base = load_base(base_path)
     return fields, merge_and_unload(base, adapter, source=f"base model {os.fspath(base_path)}")
+
+
+# --------------------------------------------------------------------------- paddlenlp.peft LoRAModel
+
+def _lora_layers(lora_model):
+    """{module path in the base network: LoRA layer} of a paddlenlp `LoRAModel` (or the wrapped network)."""
+    network = getattr(lora_model, "model", lora_model)
+    return network, {name: layer for name, layer in network.named_sublayers()
+                     if hasattr(layer, "lora_A") and hasattr(layer, "lora_B")}
+
+
+def adapter_from_lora_model(lora_model):
+    """A `LoraAdapter` (our key layout) of a paddlenlp `LoRAModel`: per LoRA Linear at `path`, Paddle's
+    `lora_A` [in, r] / `lora_B` [r, out] become PEFT's A = lora_Aᵀ [r, in], B = lora_Bᵀ [out, r] for
+    `path.weight` (so τ = scale·(B·A)ᵀ = scale·lora_A·lora_B); trainable non-LoRA weights (a head trained
+    alongside) become modules_to_save. MoRA / PiSSA / mixer layers are refused."""
+    network, layers = _lora_layers(lora_model)
+    if not layers:
+        raise CheckpointError("the model has no LoRA layers (expected a paddlenlp.peft LoRAModel)")
+    ranks, alphas, rslora = set(), set(), set()
+    targets = {}
+    for path, layer in layers.items():
+        for flag in ("use_mora", "pissa", "lora_use_mixer"):
+            if getattr(layer, flag, False):
+                raise CheckpointError(f"LoRA layer {path}: {flag} is not supported")
+        r, alpha, scale = int(layer.r), float(layer.lora_alpha), float(layer.scaling)
+        if math.isclose(scale, alpha / r, rel_tol=1e-6):
+            rslora.add(False)
+        elif math.isclose(scale, alpha / math.sqrt(r), rel_tol=1e-6):
+            rslora.add(True)
+        else:
+            raise CheckpointError(f"LoRA layer {path}: scaling {scale} is neither lora_alpha/r nor lora_alpha/sqrt(r)")
+        ranks.add(r)
+        alphas.add(layer.lora_alpha)
+        targets[f"{path}.weight"] = LoraTarget(A=np.ascontiguousarray(layer.lora_A.numpy().T),
+                                               B=np.ascontiguousarray(layer.lora_B.numpy().T), scale=scale)
+    if len(ranks) > 1 or len(alphas) > 1 or len(rslora) > 1:
+        raise CheckpointError(f"LoRA layers differ in r / lora_alpha / rslora ({sorted(ranks)}, {sorted(alphas)}); "
+                              f"one adapter config cannot describe them")
+    saved = {key: value.numpy() for key, value in network.state_dict().items()
+             if ".lora_" not in key and not value.stop_gradient}
+    alpha = alphas.pop()
+    config = {"peft_type": "LORA", "r": ranks.pop(), "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+              "use_rslora": rslora.pop(), "target_modules": sorted(layers), "fan_in_fan_out": False, "bias": "none",
+              "modules_to_save": sorted({k.rsplit(".", 1)[0] for k in saved}) or None}
+    return LoraAdapter(targets=targets, saved=saved, config=config, layout="ours", source="LoRAModel")
+
+
+def adapter_state_from_lora_model(lora_model):
+    """(tensors, adapter_config) of a paddlenlp `LoRAModel` in the documented PEFT-like layout:
+    `base_model.model.<path>.lora_A.weight` [r, in], `.lora_B.weight` [out, r], `base_model.model.<key>`
+    for trained non-LoRA weights; readable by `parse_adapter` / `read_adapter` and PEFT-shaped."""
+    adapter = adapter_from_lora_model(lora_model)
+    return adapter_tensors(adapter), adapter_config_ours(adapter)
+
+
+def load_adapter_into_lora_model(lora_model, adapter):
+    """The inverse: set a paddlenlp `LoRAModel`'s lora_A = Aᵀ, lora_B = Bᵀ (and modules_to_save weights)
+    from `adapter` (a LoraAdapter in our key layout, or `(tensors, config)` as `adapter_state_from_lora_model`
+    gives). Every LoRA layer must get weights, every adapter weight must find its layer, scales must agree."""
+    from ppmerge.runtime import import_paddle
+
+    paddle = import_paddle()
+    if isinstance(adapter, tuple):
+        tensors, config = adapter
+        adapter = parse_adapter(config, tensors)
+    network, layers = _lora_layers(lora_model)
+    by_key = {f"{path}.weight": layer for path, layer in layers.items()}
+    for key in adapter.targets:
+        if key not in by_key:
+            raise CheckpointError(f"{adapter.source}: adapter weight {key} has no LoRA layer in the model")
+    params = network.state_dict()
+    for key in adapter.saved:
+        if key not in params:
+            raise CheckpointError(f"{adapter.source}: modules_to_save weight {key} is not in the model")
+    for key, layer in by_key.items():
+        if key not in adapter.targets:
+            raise CheckpointError(f"{adapter.source}: no LoRA weights for the model's LoRA layer {key[:-len('.weight')]}")
+        target = adapter.targets[key]
+        if not math.isclose(float(layer.scaling), target.scale, rel_tol=1e-6):
+            raise CheckpointError(f"{adapter.source}: {key}: adapter scale {target.scale} but the LoRA layer's "
+                                  f"scaling is {float(layer.scaling)} (r / lora_alpha / rslora differ)")
+        for name, value in (("lora_A", target.A.T), ("lora_B", target.B.T)):
+            param = getattr(layer, name)
+            if tuple(value.shape) != tuple(param.shape):
+                raise CheckpointError(f"{adapter.source}: {key}: {name} has shape {list(value.shape)} in Paddle's "
+                                      f"layout but the layer's is {list(param.shape)}")
+            param.set_value(paddle.to_tensor(np.ascontiguousarray(value)).astype(param.dtype))
+    for key, value in adapter.saved.items():
+        param = params[key]
+        if tuple(value.shape) != tuple(param.shape):
+            raise CheckpointError(f"{adapter.source}: {key} has shape {list(value.shape)} but the model's is "
+                                  f"{list(param.shape)}")
+        param.set_value(paddle.to_tensor(np.asarray(value)).astype(param.dtype))
+    return lora_model
