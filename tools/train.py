@@ -52,6 +52,9 @@ def main(argv=None):
     eval_data = build_dataset(cfg, "Eval") if (cfg["Data"].get("Eval") or {}).get("dataset") else None
     engine = Engine(cfg, FinetuneModule(cfg), overwrite=args.overwrite)
     engine.fit(train_data, eval_data)
+    if engine.is_main:  # a LoRA run: the adapter alone (+ the merged model on request) in output_dir/lora/
+        for path in engine.module.export(engine.output_dir):
+            print(f"wrote {path}")
     return 0
 
 

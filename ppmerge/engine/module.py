@@ -59,7 +59,11 @@ class FinetuneModule:
         if self.lora_cfg:
             from ppmerge.models.families.lora import apply_lora
 
-            self.network = apply_lora(self.network, self.lora_cfg, self.family)
+            # paddlenlp injects LoRA layers into the network in place; we train that network itself
+            # (keys `...q.lora_A`, plain Layer state-dict semantics for checkpoints and resume) and
+            # keep the LoRAModel for exporting the adapter.
+            self.lora_model = apply_lora(self.network, self.lora_cfg, self.family)
+            self.network = self.lora_model.model
             if lora_weights is not None:
                 self._load_lora_checkpoint(lora_weights, path)
         elif lora_weights is not None:
@@ -128,5 +132,5 @@ class FinetuneModule:
 
         from ppmerge.models.families.lora import save_adapter
 
-        return save_adapter(self.network, self.lora_cfg, self.family, os.path.join(output_dir, "lora"),
+        return save_adapter(self.lora_model, self.lora_cfg, self.family, os.path.join(output_dir, "lora"),
                             base_model=self.cfg["Model"].get("pretrained"))

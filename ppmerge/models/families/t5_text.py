@@ -99,8 +99,23 @@ class T5Text:
 
     # ---- steps ----------------------------------------------------------------------------
     def loss(self, model, batch, task=None, mode="train"):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        return out[0] if isinstance(out, (tuple, list)) else out.loss
+        """Mean token cross-entropy over the answer tokens (labels != -100), teacher forced: the decoder
+        reads [0] + labels[:-1]. Computed here, not by paddlenlp's `labels=` path: its
+        CrossEntropyLoss(ignore_index=-100) mean divides by every position, padding included (measured),
+        so a batch's loss would shrink with its longest answer; this is HF's / FusionBench's mean."""
+        from ppmerge.runtime import import_paddle
+
+        paddle = import_paddle()
+        labels = batch["labels"]
+        shifted = paddle.where(labels < 0, paddle.zeros_like(labels), labels)[:, :-1]
+        decoder_input_ids = paddle.concat([paddle.zeros([labels.shape[0], 1], dtype=labels.dtype), shifted], axis=1)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    decoder_input_ids=decoder_input_ids, use_cache=False)
+        logits = out[0] if isinstance(out, (tuple, list)) else out.logits
+        total = paddle.nn.functional.cross_entropy(logits.reshape([-1, logits.shape[-1]]).astype("float32"),
+                                                   labels.reshape([-1]), ignore_index=-100, reduction="sum")
+        count = (labels != -100).astype("float32").sum()
+        return total / paddle.clip(count, min=1.0)
 
     def predict(self, model, batch, task=None):
         """Greedy answers: int64 ids [B, max_length - 1], padded with 0 after eos (decoder start not included)."""
