@@ -43,6 +43,7 @@ class PlainProgress:
         self.interval = _interval() if interval is None else interval
         self.start = self.last_print = time.monotonic()
         self.closed = False
+        self.postfix = ""
 
     def _line(self, final=False):
         elapsed = time.monotonic() - self.start
@@ -55,7 +56,8 @@ class PlainProgress:
             if self.total and self.n:
                 timing += f", eta {_clock(elapsed * (self.total - self.n) / self.n)}"
         prefix = f"{self.desc}: " if self.desc else ""
-        return f"{prefix}{count} {self.unit}{percent}, {timing}"
+        postfix = f" [{self.postfix}]" if self.postfix and not final else ""
+        return f"{prefix}{count} {self.unit}{percent}{postfix}, {timing}"
 
     def _print(self, line):
         print(line, file=self.file, flush=True)
@@ -78,6 +80,10 @@ class PlainProgress:
 
     def set_postfix(self, *args, **kwargs):
         pass
+
+    def set_postfix_str(self, text="", refresh=True):
+        """Shown after the counts in the next line (tqdm shows it after the bar)."""
+        self.postfix = str(text)
 
     def refresh(self):
         pass

@@ -94,3 +94,35 @@ def test_a_terminal_gets_tqdm(monkeypatch):
     assert isinstance(progress_bar(total=2, file=io.StringIO()), PlainProgress)
     monkeypatch.setenv("PPMERGE_PROGRESS", "plain")
     assert isinstance(progress_bar(total=2, file=Tty()), PlainProgress)
+
+
+MERGE_SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+from test_merge_runner_support import make_pool, raw_config
+from ppmerge.config.merge_schema import MERGE_SCHEMA
+from ppmerge.config.schema import validate
+from ppmerge.data.synthetic import write_glue_suite
+from ppmerge.merge.runner import run_merge
+out = sys.argv[1]
+write_glue_suite(out + "/glue", layout="glue", n_train=16, n_dev=24, n_test=4, seed=0, tasks=["SST2", "MNLI"])
+paths, _ = make_pool(out + "/pool", tasks=["SST2", "MNLI"])
+raw = raw_config(paths, out + "/glue", out + "/merge", tasks=["SST2", "MNLI"])
+raw["Sweep"] = {"grid": {"Merge.weights": [[1.0, 1.0], [1.0, 2.0]]}}
+raw["Merge"] = {"method": "weighted_average"}
+run_merge(validate(raw, MERGE_SCHEMA), progress=True)
+"""
+
+
+def test_a_merge_in_a_log_file_prints_progress_lines(tmp_path):
+    env = dict(os.environ, PPMERGE_PROGRESS_INTERVAL="0")
+    env.pop("PPMERGE_PROGRESS", None)
+    result = subprocess.run([sys.executable, "-c", MERGE_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    assert "\r" not in result.stderr
+    assert any(line.startswith("sweep: 1/2 point (50%)") for line in lines), result.stderr[-2000:]
+    assert any(line.startswith("sweep: 2/2 point (100%), done in") for line in lines)
+    evaluations = [line for line in lines if line.startswith("evaluate ") and " batch " in line]
+    assert evaluations and any("[SST2]" in line or "[MNLI]" in line for line in evaluations)
