@@ -373,3 +373,29 @@ def test_load_t5_state_dict_checks(paddle):
     after = model.state_dict()
     for key in sd:
         np.testing.assert_array_equal(after[key].numpy(), new[key].astype(np.float32))
+
+
+def test_paddlenlp_save_pretrained_folder_and_shared_embedding_only(paddle, tmp_path):
+    """A paddlenlp save_pretrained T5 folder (keys already ours) loads as it is; a state dict that keeps
+    only t5.shared.weight (a merge may drop the two copies) loads too."""
+    from ppmerge.models.hf_t5 import load_folder
+    from ppmerge.models.t5 import build_t5, load_t5_state_dict
+
+    paddle.seed(3)
+    cfg = {"name": "t5-tiny", "vocab_size": 40, "num_layers": 1}
+    model = build_t5(cfg)
+    expected = {k: v.numpy() for k, v in model.state_dict().items()}
+    for safe in (False, True):
+        folder = tmp_path / f"pn_{safe}"
+        model.save_pretrained(str(folder), safe_serialization=safe)
+        fields, sd = load_folder(folder)
+        assert fields["d_model"] == 64 and fields["num_layers"] == 1 and fields["vocab_size"] == 40
+        assert sorted(sd) == sorted(expected)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(sd[key], value)
+    paddle.seed(4)
+    other = build_t5(cfg)
+    only_shared = {k: v for k, v in expected.items() if ".embed_tokens." not in k}
+    load_t5_state_dict(other, only_shared)
+    for key, value in other.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), expected[key])

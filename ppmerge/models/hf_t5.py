@@ -122,10 +122,12 @@ def convert_state_dict(state_dict, tied, source="model.safetensors"):
 
 
 def find_weights(folder):
-    """model.safetensors of an HF folder (pytorch_model.bin needs torch: refused with a message)."""
-    path = os.path.join(folder, "model.safetensors")
-    if os.path.isfile(path):
-        return path
+    """model.safetensors of an HF folder, or model_state.pdparams of a paddlenlp save_pretrained folder
+    (pytorch_model.bin needs torch: refused with a message)."""
+    for name in ("model.safetensors", "model_state.pdparams"):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
     if os.path.isfile(os.path.join(folder, "model.safetensors.index.json")):
         raise CheckpointError(f"{folder}: sharded safetensors (model.safetensors.index.json) are not supported; "
                               f"save the model as one model.safetensors")
@@ -134,6 +136,25 @@ def find_weights(folder):
                               f"not install. Convert it to model.safetensors first (e.g. with transformers: "
                               f"save_pretrained(..., safe_serialization=True))")
     raise CheckpointError(f"{folder}: no model.safetensors found (expected a Hugging Face T5 folder)")
+
+
+def is_paddle_layout(state_dict):
+    """True for paddlenlp's own T5 keys (`t5.…`), as its save_pretrained writes them."""
+    return any(key.startswith("t5.") for key in state_dict)
+
+
+def from_paddle_layout(state_dict, tied, source="model_state.pdparams"):
+    """A paddlenlp-layout T5 state dict (already our layout): embed_tokens copies filled, a tied lm_head
+    dropped when it equals `t5.shared.weight` (refused otherwise)."""
+    from ppmerge.models.t5 import fill_t5_embeddings
+
+    out = fill_t5_embeddings(dict(state_dict))
+    if tied and "lm_head.weight" in out:
+        lm_head = out.pop("lm_head.weight")
+        if np.shape(lm_head) != np.shape(out.get("t5.shared.weight")) or \
+                not np.array_equal(np.asarray(lm_head), np.asarray(out["t5.shared.weight"])):
+            raise CheckpointError(f"{source}: lm_head.weight is stored but config.json says tie_word_embeddings: true")
+    return out
 
 
 def is_hf_t5_folder(folder):
@@ -150,7 +171,8 @@ def is_hf_t5_folder(folder):
 
 
 def load_folder(folder, dtype="float32"):
-    """(Model fields, state dict in our keys) for a local HF T5 folder; floating weights cast to
+    """(Model fields, state dict in our keys) for a local HF T5 folder (or a paddlenlp save_pretrained
+    T5 folder: config.json + model_state.pdparams / model.safetensors in paddlenlp's keys); floating weights cast to
     `dtype` (None keeps the file's; bf16 stays uint16 bits, paddle's convention)."""
     from ppmerge.models.checkpoint import load_numpy_state_dict, to_float32
 
@@ -160,7 +182,11 @@ def load_folder(folder, dtype="float32"):
     config_path = os.path.join(folder, "config.json")
     fields = model_config(read_config(folder), config_path)
     weights = find_weights(folder)
-    state_dict = convert_state_dict(load_numpy_state_dict(weights), fields["tie_word_embeddings"], source=weights)
+    state_dict = load_numpy_state_dict(weights)
+    if is_paddle_layout(state_dict):  # paddlenlp's save_pretrained: keys already ours
+        state_dict = from_paddle_layout(state_dict, fields["tie_word_embeddings"], source=weights)
+    else:
+        state_dict = convert_state_dict(state_dict, fields["tie_word_embeddings"], source=weights)
     check_t5_state_dict(state_dict, fields, source=weights)
     if dtype == "float32":
         done = {}  # id → cast array: the embedding keys may share one array; cast it once

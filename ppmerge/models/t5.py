@@ -182,8 +182,21 @@ def t5_state_shapes(arch):
 EMBEDDING_KEYS = ("t5.shared.weight", "t5.encoder.embed_tokens.weight", "t5.decoder.embed_tokens.weight")
 
 
+def fill_t5_embeddings(state_dict):
+    """`state_dict` with the embed_tokens copies of `t5.shared.weight` added where missing (they are one
+    parameter: a merge may keep only `t5.shared.weight`). The input is not changed."""
+    if "t5.shared.weight" not in state_dict or all(key in state_dict for key in EMBEDDING_KEYS):
+        return state_dict
+    out = dict(state_dict)
+    for key in EMBEDDING_KEYS[1:]:
+        out.setdefault(key, state_dict["t5.shared.weight"])
+    return out
+
+
 def check_t5_state_dict(state_dict, arch, source="checkpoint"):
-    """CheckpointError naming the first missing / unexpected / mis-shaped key against `arch`."""
+    """CheckpointError naming the first missing / unexpected / mis-shaped key against `arch`
+    (missing embed_tokens copies of `t5.shared.weight` are fine)."""
+    state_dict = fill_t5_embeddings(state_dict)
     shapes = t5_state_shapes(arch)
     for key in shapes:
         if key not in state_dict:
@@ -198,13 +211,15 @@ def check_t5_state_dict(state_dict, arch, source="checkpoint"):
 
 def load_t5_state_dict(model, state_dict, source="checkpoint"):
     """Set the weights of a paddlenlp T5ForConditionalGeneration from our layout (numpy or paddle;
-    fp16 / bf16 cast to the model's dtype). Every key is checked first (name and shape)."""
+    fp16 / bf16 cast to the model's dtype). Every key is checked first (name and shape); the embed_tokens
+    copies of `t5.shared.weight` may be absent, and must be equal to it when present."""
     import numpy as np
 
     from ppmerge.models.checkpoint import to_float32
     from ppmerge.runtime import import_paddle
 
     paddle = import_paddle()
+    state_dict = fill_t5_embeddings(state_dict)
     params = model.state_dict()
     shapes = {key: tuple(value.shape) for key, value in params.items()}
     for key in shapes:
