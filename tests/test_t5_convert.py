@@ -36,7 +36,17 @@ def test_hf_t5_to_our_files_and_peft_merge(tmp_path):
     hf = write_hf_t5(tmp_path / "flan", cfg, base_hf)
 
     out = convert("--from", "hf-t5", "--to", "safetensors", "--input", hf, "--output", tmp_path / "flan_ours")
-    assert "-o Model.d_model=32" in out
+    # the printed overrides describe the model exactly (schema names where the Model section has them)
+    import yaml
+
+    from ppmerge.models.hf_t5 import model_config
+    from ppmerge.models.t5 import resolve_t5_arch
+
+    line = next(l for l in out.splitlines() if l.startswith("use it with:"))
+    printed = dict(tok[len("Model."):].split("=", 1) for tok in line.split() if tok.startswith("Model."))
+    printed = {k: yaml.safe_load(v) for k, v in printed.items() if k != "pretrained"}
+    assert printed["hidden_size"] == 32
+    assert resolve_t5_arch(printed) == resolve_t5_arch(model_config(cfg))
     ours = load_numpy_state_dict(tmp_path / "flan_ours.safetensors")
     fields = dict(cfg, name="t5-tiny")
     assert {k: v.shape for k, v in ours.items()} == t5_state_shapes(fields)

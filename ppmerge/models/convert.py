@@ -78,8 +78,10 @@ def read_hf_t5(input_path, num_heads=None):
     """A local HF T5 / Flan-T5 folder → our T5 layout (ppmerge.models.hf_t5)."""
     from ppmerge.models import hf_t5
 
+    from ppmerge.models.t5 import t5_model_overrides
+
     fields, state_dict = hf_t5.load_folder(input_path, dtype=None)
-    return Source(state_dict, fields, fields["num_heads"], path=input_path)
+    return Source(state_dict, t5_model_overrides(fields), fields["num_heads"], path=input_path)
 
 
 def read_peft_lora(input_path, num_heads=None, base=None):
@@ -90,6 +92,10 @@ def read_peft_lora(input_path, num_heads=None, base=None):
         raise UserError("--from peft-lora: merge-and-unload needs --base (the model the adapter was trained on); "
                         "without --base the adapter itself is written")
     fields, state_dict = peft_lora.merge_folder(input_path, base)
+    if fields and "d_model" in fields:  # a T5 base: the shortest Model section
+        from ppmerge.models.t5 import t5_model_overrides
+
+        fields = t5_model_overrides(fields)
     return Source(state_dict, fields, num_heads, path=input_path)
 
 

@@ -106,6 +106,31 @@ def resolve_t5_arch(model_cfg):
     return arch
 
 
+# T5 field → the shared `Model` section's name for it (the schema's GPT-style keys), where one exists.
+SCHEMA_NAMES = {"d_model": "hidden_size", "num_heads": "num_attention_heads", "d_ff": "ffn_hidden_size"}
+
+
+def t5_model_overrides(arch):
+    """The shortest `Model` section for a full T5 architecture: `name` = the preset it differs least
+    from, plus the fields that differ (`hidden_size` / `num_attention_heads` / `ffn_hidden_size` for
+    d_model / num_heads / d_ff; `num_decoder_layers` only when it is not `num_layers`)."""
+    arch = {field: arch[field] for field in T5_FIELDS}
+
+    def diff(preset):
+        out = {f: v for f, v in arch.items() if preset[f] != v}
+        if "num_layers" in out:  # num_layers alone sets both stacks
+            if arch["num_decoder_layers"] == arch["num_layers"]:
+                out.pop("num_decoder_layers", None)
+            else:
+                out["num_decoder_layers"] = arch["num_decoder_layers"]
+        return out
+
+    name = min(T5_PRESETS, key=lambda n: (len(diff(T5_PRESETS[n])), n != "flan-t5-base"))
+    fields = {"name": name}
+    fields.update({SCHEMA_NAMES.get(f, f): v for f, v in diff(T5_PRESETS[name]).items()})
+    return fields
+
+
 def arch_name(model_cfg):
     return str(model_cfg.get("name") if isinstance(model_cfg, dict) else model_cfg)
 
