@@ -11,7 +11,9 @@ END = "<!-- methods:end -->"
 
 # README order: the linear family, task-vector methods, sparsified, then data-dependent.
 ORDER = ["simple_average", "weighted_average", "task_arithmetic", "ties_merging", "dare_simple_average",
-         "dare_task_arithmetic", "dare_ties_merging", "cabs", "fisher_merging", "regmean", "simple_ensemble"]
+         "dare_task_arithmetic", "dare_ties_merging", "cabs", "breadcrumbs", "breadcrumbs_ties", "della",
+         "della_linear", "slerp", "multislerp", "karcher", "model_stock", "fisher_merging", "regmean",
+         "simple_ensemble"]
 
 
 def _default(value):

@@ -99,8 +99,8 @@ def run_linear(plan, base, models, consume=False, **params):
     from ppmerge.merge.task_vector import merge_task_vectors, task_vector_source
 
     a = base_coef + math.fsum(coefs)  # masks that look at τ: θ₀ + τ̂_i, key by key on the device
-    return merge_task_vectors(base, models, lambda key, theta0, taus: theta0 * a + sum(
-        c * tau for c, tau in zip(coefs, taus)), task_vector_source(base, models, spec))
+    return like_base(base, merge_task_vectors(base, models, lambda key, theta0, taus: theta0 * a + sum(
+        c * tau for c, tau in zip(coefs, taus)), task_vector_source(base, models, spec)))
 
 
 # --- Consensus (TIES family) ------------------------------------------------------------------------
@@ -154,11 +154,16 @@ def consensus_reference(plan, base, models, options):
 # --- PerTensor ----------------------------------------------------------------------------------------
 
 def run_per_tensor(plan, base, models, **params):
+    from ppmerge.errors import UserError
+
     merged = {}
     for key in float_keys(base):
         theta0 = np.asarray(as_numpy(base[key]), dtype=np.float32)
         thetas = [np.asarray(as_numpy(m[key]), dtype=np.float32) for m in models]
         merged[key] = _call(plan.merge, (theta0, thetas), params)
+        if not np.all(np.isfinite(merged[key])):  # e.g. model_stock's t = k·cos/(1 + (k − 1)·cos) at its pole
+            raise UserError(f"merge method {plan.merge.__name__!r} gave non-finite values on {key!r} "
+                            f"(its formula is undefined for these models there)")
     return like_base(base, merged)
 
 

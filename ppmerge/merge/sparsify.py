@@ -1,8 +1,8 @@
 """Task-vector sparsifiers: magnitude, random, n:m, DARE, and CABS's conflict-aware sequential masks.
 
 A spec (the `sparsify` parameter of the task-vector methods) is a dict:
-  {name: magnitude|random|nm|dare, ratio (alias sparsity_ratio): fraction dropped, n, m, rescale,
-   seed, scope: tensor|global, conflict_aware: false, order: [pool indices]}
+  {name: magnitude|random|nm|dare|outliers|della, ratio (alias sparsity_ratio): fraction dropped, n, m,
+   rescale, seed, scope: tensor|global, gamma, epsilon, conflict_aware: false, order: [pool indices]}
 
 What each keeps (entries with τ = 0 are never counted as kept):
 - magnitude: the top (1 − ratio) of |τ|. FusionBench's rule: with d entries and density q = 1 − ratio,
@@ -15,7 +15,15 @@ What each keeps (entries with τ = 0 are never counted as kept):
   n largest |τ|; a trailing block of r < m entries keeps min(n, r). (CABS uses blocks of the whole
   flattened tensor and drops a trailing partial block; for last dimensions divisible by m the blocks
   are the same.)
-- rescale: kept entries × 1/(1 − ratio) (nm: × m/n). Default true for dare, false otherwise.
+- outliers (Model Breadcrumbs, mergekit's magnitude_outliers): per tensor, of its d entries ordered by
+  |τ| (ties by index) drop the int(gamma·d) largest and then the smallest, keeping int(q·d) (fewer
+  outliers dropped when both do not fit). mergekit keeps nothing when int(gamma·d) = 0 (its slice
+  [n_bot:-0] is empty); here the outliers are then simply none.
+- della (DELLA's MagPrune, as mergekit): per row of the last dimension, rank |τ| (0 = smallest, ties by
+  index), keep with probability p = q − ε + 2ε·rank/(m − 1) (m entries in the row; q when m = 1), the
+  draw from the same seeded generator as dare (kept where u < p); rescale divides each kept entry by
+  its own p (the paper's rule; mergekit's newer releases rescale to the L1 norm instead).
+- rescale: kept entries × 1/(1 − ratio) (nm: × m/n). Default true for dare and della, false otherwise.
 - conflict_aware (CABS "CA"): masks are made in `order` (default pool order); model j's mask is
   computed on its residual τ_j ⊙ [position not kept by an earlier model] and restricted to those free
   positions, so the kept sets of different models are disjoint. Magnitude thresholds (tensor or global)
@@ -30,7 +38,7 @@ from ppmerge.errors import ConfigError
 from ppmerge.merge.registry import Param, check_param, did_you_mean
 from ppmerge.merge.tensor_ops import paddle, to_host
 
-SPARSIFIERS = ("magnitude", "random", "nm", "dare")
+SPARSIFIERS = ("magnitude", "random", "nm", "dare", "outliers", "della")
 
 SPEC_FIELDS = {
     "name": Param("str", None, "which sparsifier", choices=SPARSIFIERS),
@@ -43,6 +51,8 @@ SPEC_FIELDS = {
     "seed": Param("int", 0, "random / dare: seed of the masks"),
     "scope": Param("str", "tensor", "magnitude: rank per tensor or over the whole task vector",
                    choices=("tensor", "global")),
+    "gamma": Param("float", 0.01, "outliers: fraction of the largest |τ| dropped"),
+    "epsilon": Param("float", 0.15, "della: keep probabilities span q ± epsilon"),
     "conflict_aware": Param("bool", False, "CABS: sequential masks, disjoint kept sets"),
     "order": Param("list[int]", None, "conflict_aware: pool indices in masking order", nullable=True),
 }
@@ -76,12 +86,17 @@ def parse_sparsify(spec, where="Merge.sparsify"):
     if out["seed"] < 0:
         raise ConfigError(f"{where}.seed: expected a non-negative integer, got {out['seed']}")
     if out["rescale"] is None:
-        out["rescale"] = name == "dare"
+        out["rescale"] = name in ("dare", "della")
     out["ratio"] = out["sparsity_ratio"] = ratio
     out["density"] = out["n"] / out["m"] if name == "nm" else round(1.0 - ratio, 12)
     if out["rescale"] and out["density"] <= 0:
         raise ConfigError(f"{where}: cannot rescale when every entry is dropped (ratio 1.0); set rescale: false")
-    out["scale"] = 1.0 / out["density"] if out["rescale"] else 1.0
+    if not 0.0 <= out["gamma"] <= 1.0:
+        raise ConfigError(f"{where}.gamma: expected a fraction in [0, 1], got {out['gamma']}")
+    if name == "della" and not 0.0 < out["density"] - out["epsilon"] <= out["density"] + out["epsilon"] < 1.0:
+        raise ConfigError(f"{where}.epsilon: della needs 0 < (1 − ratio) ± epsilon < 1, got 1 − ratio = "
+                          f"{out['density']}, epsilon = {out['epsilon']}")
+    out["scale"] = 1.0 / out["density"] if out["rescale"] and name != "della" else 1.0
     return out
 
 
@@ -243,8 +258,37 @@ def nm_mask(magnitude, n, m):
 
 def random_keep_host(shape, ratio, seed, model_index, key):
     """DARE's Bernoulli(1 − ratio) keep mask for one model and tensor (numpy bool), reproducible from the seed."""
-    rng = np.random.default_rng([seed, model_index, zlib.crc32(key.encode("utf-8"))])
-    return rng.random(tuple(shape), dtype=np.float32) >= ratio
+    return _uniform(shape, seed, model_index, key) >= ratio
+
+
+def _uniform(shape, seed, model_index, key):
+    return np.random.default_rng([seed, model_index, zlib.crc32(key.encode("utf-8"))]).random(tuple(shape),
+                                                                                              dtype=np.float32)
+
+
+def outliers_keep(magnitude, density, gamma):
+    """Model Breadcrumbs' mask of one tensor (numpy bool): see the module docstring."""
+    d = magnitude.size
+    if density >= 1:
+        return np.ones(magnitude.shape, dtype=bool)
+    target, top = int(density * d), int(gamma * d)
+    bottom = d - target - top
+    if bottom < 0:  # both do not fit: fewer outliers dropped
+        top, bottom = top + bottom, 0
+    keep = np.zeros(d, dtype=bool)
+    keep[np.argsort(magnitude.reshape(-1), kind="stable")[bottom:d - top]] = True
+    return keep.reshape(magnitude.shape)
+
+
+def della_keep(magnitude, density, epsilon, seed, model_index, key):
+    """DELLA's MagPrune for one tensor: (keep mask, keep probability p), see the module docstring."""
+    shape = magnitude.shape
+    rows = magnitude.reshape(-1, shape[-1] if len(shape) else 1)
+    m = rows.shape[1]
+    rank = np.argsort(np.argsort(rows, axis=1, kind="stable"), axis=1, kind="stable")
+    probability = (density - epsilon) + (rank / (m - 1) if m > 1 else np.full(rows.shape, 0.5)) * (2.0 * epsilon)
+    keep = _uniform(rows.shape, seed, model_index, key) < probability
+    return keep.reshape(shape), probability.reshape(shape)
 
 
 def random_keep(shape, ratio, seed, model_index, key):
@@ -284,6 +328,11 @@ class Sparsifier:
             keep = magnitude >= self.thresholds[i] if self._global() else magnitude_mask(magnitude, spec["density"])
         elif spec["name"] == "nm":
             keep = nm_mask(magnitude, spec["n"], spec["m"])
+        elif spec["name"] == "outliers":
+            keep = paddle().to_tensor(outliers_keep(to_host(magnitude), spec["density"], spec["gamma"]))
+        elif spec["name"] == "della":
+            keep = paddle().to_tensor(della_keep(to_host(magnitude), spec["density"], spec["epsilon"], spec["seed"],
+                                                 i, key)[0])
         else:
             keep = random_keep(magnitude.shape, spec["ratio"], spec["seed"], i, key)
         return keep & (magnitude > 0)
@@ -323,4 +372,8 @@ class Sparsifier:
         else:
             keep = self.mask(i, key, tau.abs())
         kept = paddle().where(keep, tau, 0.0)
+        if self.spec["name"] == "della" and self.spec["rescale"]:  # each kept entry ÷ its own keep probability
+            probability = della_keep(to_host(tau.abs()), self.spec["density"], self.spec["epsilon"], self.spec["seed"],
+                                     i, key)[1]
+            return kept / paddle().to_tensor(probability.astype(np.float32))
         return kept * self.spec["scale"] if self.spec["scale"] != 1.0 else kept

@@ -59,7 +59,9 @@ def to_host(t, dtype=np.float32):
 
 def as_numpy(x):
     """A CPU numpy view/copy of a state-dict value, whatever it is."""
-    return x if isinstance(x, np.ndarray) else x.numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    return np.asarray(x) if isinstance(x, np.generic) else x.numpy()
 
 
 def float_keys(base):
