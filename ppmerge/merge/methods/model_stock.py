@@ -25,9 +25,9 @@ def model_stock(theta0, thetas, filter_wise=False):
             norms = np.linalg.norm(taus[i], axis=-1) * np.linalg.norm(taus[j], axis=-1)
             cosines.append(np.clip((taus[i] * taus[j]).sum(axis=-1) / np.maximum(norms, 1e-6), -1.0, 1.0))
     cos = np.mean(cosines, axis=0)[:, None]
+    average = sum(rows(x.astype(np.float64)) for x in thetas) / k
     with np.errstate(divide="ignore", invalid="ignore"):  # at the pole the executor names the key
         t = k * cos / (1 + (k - 1) * cos)
-    average = sum(rows(x.astype(np.float64)) for x in thetas) / k
         return (t * average + (1 - t) * base).reshape(theta0.shape)
 
 
