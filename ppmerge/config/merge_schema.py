@@ -55,6 +55,14 @@ MERGE_SCHEMA = Section({
         "tokenizer": Section({
             "vocab_file": Field(str, default=None, nullable=True),
             "merges_file": Field(str, default=None, nullable=True),
+            "spiece_model": Field(str, default=None, nullable=True,
+                                  help="T5 pools: sentencepiece model (spiece.model or the Flan-T5 folder)"),
+        }),
+        "prompts": Field(str, default=None, nullable=True,
+                         help="T5 pools: YAML file replacing prompt templates per task; null = FusionBench's"),
+        "generation": Section({
+            "max_length": Field(int, default=10, min=2,
+                                help="T5 pools: greedy answer length incl. the start token (HF generate max_length)"),
         }),
         "num_workers": Field(int, default=0, min=0),
     }),

@@ -12,7 +12,7 @@ import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
+from ppmerge.progress import progress_bar as tqdm  # a tqdm bar on a terminal, plain lines in a log
 
 from ppmerge.errors import CheckpointError, ConfigError
 
@@ -24,6 +24,7 @@ DEFAULTS = {
     "layout": "glue",
     "roots": None,
     "split": "dev",
+    "splits": None,
     "batch_size": 32,
     "max_length": 128,
     "max_examples": -1,
@@ -31,13 +32,15 @@ DEFAULTS = {
     "tokenizer": None,
     "num_workers": 0,
     "seed": 1024,
+    "prompts": None,      # T5 family: prompt table file (null = FusionBench's templates)
+    "generation": None,   # T5 family: {max_length: 10}
 }
 
 
 class TaskPool:
     def __init__(self, tasks, model, data_root="./dataset", layout="glue", roots=None, split="dev",
                  batch_size=32, max_length=128, max_examples=-1, tokenizer=None, num_workers=0,
-                 seed=1024, progress=True):
+                 seed=1024, progress=True, splits=None, prompts=None, generation=None):
         from ppmerge.data import get_task
 
         if not tasks:
@@ -56,6 +59,7 @@ class TaskPool:
         self.layout = layout
         self.roots = {get_task(k).name: v for k, v in (roots or {}).items()}
         self.split = split
+        self.splits = self._check_splits(splits or {})
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)
         self.max_examples = int(max_examples)
@@ -63,6 +67,10 @@ class TaskPool:
         self.num_workers = int(num_workers)
         self.seed = int(seed)
         self.progress = progress
+        from ppmerge.models.families import get_family
+
+        # the model family (GPT + heads, or T5 text-to-text) builds the skeletons, data and metrics
+        self.family = get_family(self.model_cfg, self.tokenizer_cfg, prompts=prompts, generation=generation)
         self._tokenizer = None
         self._datasets = {}   # (task, split) -> GLUEDataset, tokenized once
         self._models = {}     # num_classes -> model skeleton, built once
@@ -76,6 +84,30 @@ class TaskPool:
             raise ConfigError(f"TaskPool: unknown key {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
         cfg = {**DEFAULTS, **{k: v for k, v in section.items() if v is not None}}
         return cls(**cfg, **kwargs)
+
+    def _check_splits(self, splits):
+        """TaskPool.splits: {task: split} (e.g. {MNLI: dev_mismatched}); each split must exist for its task."""
+        from ppmerge.data import get_task
+        from ppmerge.data.readers import normalize_split
+        from ppmerge.errors import UserError
+
+        if not isinstance(splits, dict):
+            raise ConfigError(f"TaskPool.splits: expected a mapping task -> split, got {splits!r}")
+        out = {}
+        for task, split in splits.items():
+            try:
+                name = get_task(task).name
+                out[name] = normalize_split(name, split)
+            except UserError as exc:
+                raise ConfigError(f"TaskPool.splits.{task}: {exc}") from None
+        return out
+
+    def split_of(self, task):
+        """The split `task` is evaluated on: TaskPool.splits[task], else TaskPool.split (MNLI: dev = dev_matched)."""
+        from ppmerge.data.readers import normalize_split
+
+        task = self.spec(task).name
+        return self.splits.get(task) or normalize_split(task, self.split)
 
     # ---- data -------------------------------------------------------------------------------
     def spec(self, task):
@@ -100,22 +132,18 @@ class TaskPool:
 
     def dataset(self, task, split=None):
         """The task's tokenized split (cached: a sweep tokenizes each split once)."""
-        from ppmerge.data import GLUEDataset
-
-        split = split or self.split
+        split = split or self.split_of(task)
         task = self.spec(task).name
         key = (task, split)
         if key not in self._datasets:
-            self._datasets[key] = GLUEDataset(self.spec(task), self.task_root(task), split,
-                                              self.tokenizer(), max_length=self.max_length)
+            self._datasets[key] = self.family.dataset(self.spec(task), self.task_root(task), split,
+                                                      max_length=self.max_length)
         return self._datasets[key]
 
     def collate(self, samples):
         """One batch of dataset items -> numpy dict, padded to the batch's longest (`collate_batch`;
         the evaluation benchmark overrides it to measure padding to max_length)."""
-        from ppmerge.data import collate_batch
-
-        return collate_batch(samples)
+        return self.family.collate(samples)
 
     def _batches(self, dataset, indices, batch_size):
         for start in range(0, len(indices), batch_size):
@@ -146,10 +174,10 @@ class TaskPool:
     # ---- models -----------------------------------------------------------------------------
     def skeleton(self, num_classes):
         """The one model of this pool with `num_classes` outputs (built on first use)."""
+        if self.family.head_keys is None:
+            num_classes = 0   # a family without heads (T5): one model for every task
         if num_classes not in self._models:
-            from ppmerge.models import build_model
-
-            model = build_model(self.model_cfg, num_classes)
+            model = self.family.build(num_classes)
             model.eval()
             self._models[num_classes] = model
         return self._models[num_classes]
@@ -180,10 +208,11 @@ class TaskPool:
             raise CheckpointError(f"backbone: key {missing[0]!r} is missing ({len(missing)} missing in all)")
         self._assign(model, backbone, "backbone")
 
-    @staticmethod
-    def _head(heads, task):
-        """heads[task], or a one-line error when the pool has no head for it."""
+    def _head(self, heads, task):
+        """heads[task], or a one-line error when the pool has no head for it ({} for a family without heads)."""
         head = heads.get(task)
+        if not head and self.family.head_keys is None:
+            return {}
         if not head:
             raise CheckpointError(f"no head for task {task!r} (the model pool has no model for it)")
         return head
@@ -201,29 +230,30 @@ class TaskPool:
 
     # ---- evaluation -------------------------------------------------------------------------
     def _select(self, tasks):
+        """TaskPool.tasks by default; any task the pool has data for otherwise (a head is still needed)."""
         if tasks is None:
             return self.tasks
-        from ppmerge.data import get_task
-
-        names = [get_task(t).name for t in tasks]
-        outside = [t for t in names if t not in self.specs]
-        if outside:
-            raise ConfigError(f"task {outside[0]!r} is not in TaskPool.tasks ({', '.join(self.tasks)})")
-        return names
+        return [self.spec(t).name for t in tasks]
 
     def _bar(self, tasks, desc):
         total = sum(-(-len(self.eval_indices(t)) // self.batch_size) for t in tasks)
         return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False,
                     disable=not self.progress, dynamic_ncols=True)
 
+    def _predict(self, model, input_ids, lengths):
+        """The family's eval outputs for one batch (GPT logits, T5 generated ids)."""
+        return self.family.predict(model, {"input_ids": input_ids, "lengths": lengths})
+
+    def metric_name(self, task):
+        """The name of the metric `task` is scored with (Mcc, ..., or ExactMatch / GeneratedSpearman for T5)."""
+        return self.family.metric(self.spec(task)).name
+
     def _metrics(self, task, outputs, labels, seconds):
         """The task metric's values plus `accuracy`, `main`, `num_examples`, `seconds`."""
-        from ppmerge.metrics import build_metric
-
-        spec = self.specs[task]
-        metric = build_metric(spec.metric)
+        spec = self.spec(task)
+        metric = self.family.metric(spec)   # the task's GLUE metric (GPT), or generated-answer metrics (T5)
         metric.update(outputs, labels)
-        values = metric.accumulate()
+        values = flat_metrics(metric.accumulate(), getattr(metric, "prompt", None))
         if not spec.is_regression and "accuracy" not in values:
             values["accuracy"] = float(np.mean(outputs.argmax(-1) == labels))
         values["main"] = float(values[metric.main_key])
@@ -255,10 +285,10 @@ class TaskPool:
                 batch = self.collate([dataset[int(i)] for i in indices[positions]])
                 out = call(model, paddle.to_tensor(batch["input_ids"]), paddle.to_tensor(batch["lengths"]))
                 outputs.append(out.numpy())
-                labels.append(batch["labels"])
+                labels.append(self.family.batch_labels(batch))
                 bar.update(1)
         if not outputs:
-            raise ConfigError(f"TaskPool: {task} {self.split} has no examples to evaluate "
+            raise ConfigError(f"TaskPool: {task} {self.split_of(task)} has no examples to evaluate "
                               f"(check TaskPool.max_examples and the data files)")
         return restore_order(plan, np.concatenate(outputs)), restore_order(plan, np.concatenate(labels))
 
@@ -266,12 +296,12 @@ class TaskPool:
         """Logits of the task's eval examples (in order) and their labels."""
         model = self.load_model(task, backbone, head)
         with tqdm(disable=True) as bar:
-            return self._run(model, task, lambda m, ids, lens: m(ids, lens), bar)
+            return self._run(model, task, self._predict, bar)
 
     def _skeleton_with(self, backbone, heads, task, loaded):
         """The shared skeleton for `task`'s class count, holding `backbone`; `loaded` (ids of the
         skeletons already holding it) saves reloading the backbone for tasks that share a skeleton."""
-        model = self.skeleton(self.specs[task].num_classes)
+        model = self.skeleton(self.spec(task).num_classes)
         if id(model) not in loaded:
             self.load_backbone(model, backbone, head_names=set(self._head(heads, task)))
             loaded.add(id(model))
@@ -288,7 +318,7 @@ class TaskPool:
                 start = time.perf_counter()
                 model = self._skeleton_with(backbone, heads, task, loaded)
                 self.load_head(model, task, self._head(heads, task))
-                outputs, labels = self._run(model, task, lambda m, ids, lens: m(ids, lens), bar)
+                outputs, labels = self._run(model, task, self._predict, bar)
                 results[task] = self._metrics(task, outputs, labels, time.perf_counter() - start)
         return results
 
@@ -317,7 +347,7 @@ class TaskPool:
         results = {}
         for task in tasks:
             start = time.perf_counter()
-            model = self.skeleton(self.specs[task].num_classes)
+            model = self.skeleton(self.spec(task).num_classes)
             self.load_head(model, task, self._head(heads, task))
             with paddle.no_grad():
                 outputs = model.score(paddle.to_tensor(pooled[task] / len(backbones))).numpy()
@@ -329,6 +359,18 @@ class TaskPool:
         """{model name: {task: metrics}}: every backbone evaluated on every task (each task's head)."""
         return {name: self.evaluate(backbone, heads, tasks, desc=f"cross-task {name}")
                 for name, backbone in backbones.items()}
+
+
+def flat_metrics(values, prompt=None):
+    """Metric values as flat numbers (reports write them to CSV / XLSX): a generation metric's
+    confusion matrix becomes `confusion.<true answer>.<predicted answer>` counts."""
+    matrix = values.pop("confusion_matrix", None)
+    if matrix is not None:
+        words = list(prompt["targets"])
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                values[f"confusion.{words[i]}.{words[j]}"] = int(count)
+    return values
 
 
 _PADDLE = None

@@ -1,8 +1,13 @@
 """The model pool: the pretrained base and the fine-tuned models of a merge, loaded once and checked.
 
-Every model is split into its backbone (merged) and its head (keys matching `head_keys`, never merged,
-kept per task). All backbones must have the same keys and shapes as the base, and no NaN / Inf, else
-a UserError says which model and key -- raised before the runner writes anything.
+The pool is a list of named models in the order the config writes them (`ModelPool.models`), each
+with an optional task: `{sst2_seed1: {path: a.pdparams, task: SST2}, mine: b.pdparams}`; a plain path
+under a task's name (`SST2: a.pdparams`) is that task's model. Every model is split into its backbone
+(merged) and its head (keys matching `head_keys`, never merged, kept per model). A task's head is
+its model's head, or for several models of one task (a soup) the average of their heads unless
+`ModelPool.task_heads` names one model. All backbones must have the same keys and shapes as the base
+(without a base: as the first model), and no NaN / Inf, else a UserError says which model and key --
+raised before the runner writes anything.
 
 Two ways to get the fine-tuned backbones:
   - `backbones()`: all of them in memory at once (cached: a sweep loads each file once);
@@ -19,6 +24,7 @@ from ppmerge.errors import CheckpointError, ConfigError
 from ppmerge.models.checkpoint import TensorsOnDemand
 
 DEFAULT_HEAD_KEYS = r"^score\."
+NO_HEADS = "(?!)"   # a regex matching no key: a model family without per-task heads (T5), all merged
 
 
 def _load(path, what, name):
@@ -56,8 +62,14 @@ def _raise_not_finite(value, name, path, key):
     raise CheckpointError(f"model {name} ({path}): key {key!r} contains {bad} values")
 
 
+class Shapes(dict):
+    """key -> shape, standing in for a backbone in `compare_backbones`."""
+
+
 def _shapes(backbone):
     """key -> shape, without reading a streamed backbone's tensors."""
+    if isinstance(backbone, Shapes):
+        return dict(backbone)
     if isinstance(backbone, StreamedBackbone):
         return dict(backbone.shapes)
     return {key: tuple(np.shape(value)) for key, value in backbone.items()}
@@ -127,38 +139,160 @@ class _SizedStream:
                 self.after_each()
 
 
+class PoolModel:
+    """One entry of `ModelPool.models`: its name (as written), file path and task (None: no task)."""
+
+    def __init__(self, name, path, task):
+        self.name, self.path, self.task = name, path, task
+
+    def __repr__(self):
+        return f"PoolModel({self.name!r}, {self.path!r}, task={self.task!r})"
+
+
+def _canonical_task(task, where, known_tasks=()):
+    """A GLUE task's canonical name, or a task named in `known_tasks` (custom datasets), else ConfigError."""
+    from ppmerge.data import get_task
+    from ppmerge.errors import UserError
+
+    if task in known_tasks:
+        return task
+    try:
+        return get_task(task).name
+    except UserError:
+        extra = f" or one of the TaskPool's custom tasks ({', '.join(known_tasks)})" if known_tasks else ""
+        raise ConfigError(f"{where}: unknown task {task!r}: expected a GLUE task name{extra}") from None
+
+
+def _task_name_of(name, known_tasks=()):
+    """The task a model name stands for (legacy `{TASK: path}` entries), or None."""
+    from ppmerge.data import get_task
+    from ppmerge.errors import UserError
+
+    if name in known_tasks:
+        return name
+    try:
+        return get_task(name).name
+    except UserError:
+        return None
+
+
+def parse_models(models, known_tasks=()):
+    """`ModelPool.models` -> [PoolModel] in the order written.
+
+    An entry is a plain path or `{path: ..., task: ...}` (task optional). A plain path under a task's
+    name (`SST-2: path`) is that task's model, named by the task's canonical name (`SST2`), as before
+    named models existed. A model's name must not be another task's name (the merged file stores the
+    task's head under `heads.<TASK>`)."""
+    if not isinstance(models, dict) or not models:
+        raise ConfigError("ModelPool.models: expected a mapping of model name -> model path "
+                          "(or {path: ..., task: ...}), got none")
+    out, seen = [], {}
+    for name, entry in models.items():
+        name = str(name)
+        where = f"ModelPool.models.{name}"
+        if isinstance(entry, dict):
+            unknown = sorted(set(entry) - {"path", "task"})
+            if unknown:
+                raise ConfigError(f"{where}: unknown key {unknown[0]!r}; expected path and (optional) task")
+            if not isinstance(entry.get("path"), str) or not entry["path"]:
+                raise ConfigError(f"{where}.path: expected the model file's path")
+            path = entry["path"]
+            task = entry.get("task")
+            task = None if task is None else _canonical_task(str(task), f"{where}.task", known_tasks)
+            named = _task_name_of(name, known_tasks)
+            if named is not None and task != named:
+                raise ConfigError(f"{where}: a model named like task {named} must be fine-tuned on it "
+                                  f"(task: {task}); rename the model")
+        elif isinstance(entry, str) and entry:
+            path = entry
+            task = _task_name_of(name, known_tasks)
+            if task is not None:
+                name = task  # legacy {TASK: path}: the canonical task name (SST-2 -> SST2)
+        else:
+            raise ConfigError(f"{where}: expected a model path or {{path: ..., task: ...}}, got {entry!r}")
+        if name in seen:
+            raise ConfigError(f"ModelPool.models: model {name} is listed twice ({seen[name]!r} and {where})")
+        seen[name] = where
+        out.append(PoolModel(name, str(path), task))
+    by_task = {}
+    for model in out:
+        if model.task is not None:
+            by_task.setdefault(model.task, []).append(model.name)
+    for model in out:
+        if model.name in by_task and len(by_task[model.name]) > 1:
+            raise ConfigError(f"ModelPool.models.{model.name}: {len(by_task[model.name])} models are fine-tuned on "
+                              f"{model.name} ({', '.join(by_task[model.name])}), so heads.{model.name} holds their "
+                              f"soup head: give this model another name")
+    return out
+
+
 class ModelPool:
-    """base: path of the pretrained model; models: {task name: path}; head_keys: regex of head keys."""
+    """base: path of the pretrained model (None: no base, for methods that do not need one);
+    models: {name: path | {path, task}} (see `parse_models`); head_keys: regex of head keys;
+    task_heads: {task: model name | "average"} (how a task with several models gets its head)."""
 
-    def __init__(self, base, models, head_keys=DEFAULT_HEAD_KEYS):
-        from ppmerge.data import get_task
-
-        if not models:
-            raise ConfigError("ModelPool.models: expected a mapping of task name -> model path, got none")
-        self.base_path = str(base)
-        self.paths = {}
-        for name, path in models.items():
-            task = get_task(name).name
-            if task in self.paths:
-                raise ConfigError(f"ModelPool.models: task {task} is listed twice ({name!r})")
-            self.paths[task] = str(path)
+    def __init__(self, base, models, head_keys=DEFAULT_HEAD_KEYS, task_heads=None, known_tasks=()):
+        self.models = parse_models(models, tuple(known_tasks))
+        self.base_path = None if base in (None, "") else str(base)
+        self.names = [m.name for m in self.models]      # pool order: the order written in the config
+        self.tasks = self.names                         # (the runner's name for the pool's model list)
+        self.paths = {m.name: m.path for m in self.models}
+        self.task_of = {m.name: m.task for m in self.models}
         try:
             self.head_pattern = re.compile(head_keys)
         except re.error as exc:
             raise ConfigError(f"ModelPool.head_keys: {head_keys!r} is not a valid regex ({exc})") from None
+        self.task_heads_choice = self._check_task_heads(task_heads or {})
         # Fail fast on a missing file, before loading gigabytes of the others.
-        for what, path in [("base", self.base_path)] + [(f"models.{t}", p) for t, p in self.paths.items()]:
+        checks = ([("base", self.base_path)] if self.base_path else []) + [(f"models.{m.name}", m.path)
+                                                                         for m in self.models]
+        for what, path in checks:
             if not os.path.exists(path):
                 raise CheckpointError(f"ModelPool.{what}: model file {path!r} does not exist")
-        self.tasks = list(self.paths)
-        self.heads = {}        # task -> {head key: array}
+        self.heads = {}        # model name -> {head key: array}
         self._base = None
         self._backbones = None
+        self._first_shapes = None
 
     @classmethod
-    def from_config(cls, section):
-        return cls(section["base"], section["models"], section.get("head_keys") or DEFAULT_HEAD_KEYS)
+    def from_config(cls, section, known_tasks=()):
+        return cls(section.get("base"), section["models"], section.get("head_keys") or DEFAULT_HEAD_KEYS,
+                   section.get("task_heads"), known_tasks)
 
+    # ---- tasks and names ---------------------------------------------------------------------
+    @property
+    def has_base(self):
+        return self.base_path is not None
+
+    def pool_tasks(self):
+        """The distinct tasks of the pool's models, in pool order (models without a task skipped)."""
+        return list(dict.fromkeys(t for t in self.task_of.values() if t is not None))
+
+    def models_of(self, task):
+        """Names of the models fine-tuned on `task`, pool order."""
+        return [name for name in self.names if self.task_of[name] == task]
+
+    def describe_order(self):
+        """'a (SST2), b (SST2), mine' -- the pool order as reports name it."""
+        return ", ".join(f"{n} ({self.task_of[n]})" if self.task_of[n] else n for n in self.names)
+
+    def _check_task_heads(self, choice):
+        if not isinstance(choice, dict):
+            raise ConfigError(f"ModelPool.task_heads: expected a mapping task -> model name | average, got {choice!r}")
+        out = {}
+        for task, value in choice.items():
+            where = f"ModelPool.task_heads.{task}"
+            canonical = _task_name_of(str(task), tuple(t for t in self.task_of.values() if t))
+            if canonical is None or canonical not in self.task_of.values():
+                raise ConfigError(f"{where}: no model of the pool is fine-tuned on {task!r} "
+                                  f"(the pool's tasks: {', '.join(self.pool_tasks()) or 'none'})")
+            if value != "average" and (value not in self.task_of or self.task_of[value] != canonical):
+                raise ConfigError(f"{where}: expected 'average' or the name of a model fine-tuned on {canonical} "
+                                  f"({', '.join(self.models_of(canonical))}), got {value!r}")
+            out[canonical] = value
+        return out
+
+    # ---- heads ---------------------------------------------------------------------------------
     def split(self, state_dict):
         """(backbone, head): the keys matching head_keys go to the head."""
         backbone, head = {}, {}
@@ -166,55 +300,121 @@ class ModelPool:
             (head if self.head_pattern.search(key) else backbone)[key] = value
         return backbone, head
 
+    def task_head(self, task):
+        """The head evaluated on `task`: its model's head; with several models of the task (a soup),
+        the average of their heads (key by key, float32 mean cast back), or the one model named in
+        `ModelPool.task_heads`."""
+        names = self.models_of(task)
+        if not names:
+            raise CheckpointError(f"no head for task {task!r}: no model of the pool is fine-tuned on it")
+        heads = self.load_heads()
+        choice = self.task_heads_choice.get(task, "average")
+        if len(names) == 1 or choice != "average":
+            return heads[names[0] if choice == "average" else choice]
+        first = heads[names[0]]
+        for name in names[1:]:
+            if {k: np.shape(v) for k, v in heads[name].items()} != {k: np.shape(v) for k, v in first.items()}:
+                raise CheckpointError(f"heads of {names[0]} and {name} (both {task}) differ in keys or shapes: "
+                                      f"they cannot be averaged; pick one with ModelPool.task_heads.{task}")
+        return {key: (sum(np.asarray(heads[n][key], dtype=np.float32) for n in names) / len(names))
+                .astype(np.asarray(first[key]).dtype) for key in first}
+
+    def task_heads(self):
+        """{task: head} for every task of the pool (what the task pool evaluates with)."""
+        return {task: self.task_head(task) for task in self.pool_tasks()}
+
+    def saved_heads(self):
+        """{name: head} stored in a merged file as `heads.<name>.<key>`: every model's own head under
+        its model name, plus each task's head (`task_head`) under the task's name unless a model has
+        that name (then it is the task's only model and the same head)."""
+        heads = dict(self.load_heads())
+        for task, head in self.task_heads().items():
+            if task not in heads:
+                heads[task] = head
+        return heads
+
+    # ---- backbones -----------------------------------------------------------------------------
     @property
     def base(self):
-        """The pretrained backbone (its head, if any, is dropped: heads come from the fine-tuned models)."""
+        """The pretrained backbone (its head, if any, is dropped: heads come from the fine-tuned models).
+        Without ModelPool.base: zeros shaped like the first model (the layout the result takes; only
+        methods that declare `needs_base=False`, which never read base values, run on such a pool)."""
         if self._base is None:
-            state_dict = _load(self.base_path, "base", "base")
-            self._base, _ = self.split(state_dict)
-            if not self._base:
-                raise CheckpointError(f"ModelPool.base ({self.base_path}): no backbone keys "
-                                      f"(every key matches head_keys {self.head_pattern.pattern!r})")
+            if not self.has_base:
+                self._base = self._zero_base()
+            else:
+                state_dict = _load(self.base_path, "base", "base")
+                self._base, _ = self.split(state_dict)
+                if not self._base:
+                    raise CheckpointError(f"ModelPool.base ({self.base_path}): no backbone keys "
+                                          f"(every key matches head_keys {self.head_pattern.pattern!r})")
         return self._base
+
+    def _zero_base(self):
+        first = self.names[0]
+        if self._backbones is not None:
+            return {k: np.zeros_like(v) for k, v in self._backbones[first].items()}
+        from ppmerge.models.checkpoint import open_state_dict
+
+        with open_state_dict(self.paths[first]) as lazy:  # one tensor at a time: dtype and shape
+            return {key: np.zeros_like(lazy[key]) for key in lazy if not self.head_pattern.search(key)}
 
     def forget_base(self):
         """Drop the cached base (a streamed merge consumed its buffers); it is reloaded if asked for."""
         self._base = None
 
-    def load(self, task):
+    def load(self, name):
         """Load one fine-tuned model: check it, keep its head, return its backbone."""
-        path = self.paths[task]
-        state_dict = _load(path, f"models.{task}", task)
+        path = self.paths[name]
+        state_dict = _load(path, f"models.{name}", name)
         backbone, head = self.split(state_dict)
-        return self._checked(task, backbone, head)
+        return self._checked(name, backbone, head)
 
-    def _checked(self, task, backbone, head):
-        path = self.paths[task]
-        if not head:
-            raise CheckpointError(f"model {task} ({path}): no head keys match ModelPool.head_keys "
-                                  f"{self.head_pattern.pattern!r}")
-        problem = compare_backbones(self.base, backbone, "base", task)
-        if problem:
-            raise CheckpointError(f"model pool backbones differ: {problem}")
-        self.heads[task] = head
+    def _reference(self, name):
+        """(backbone or Shapes, label) every model is compared with: the base, or without one the
+        first model (its keys and shapes, read from the file's index without loading it)."""
+        if self.has_base:
+            return self.base, "base"
+        first = self.names[0]
+        if name == first:
+            return None, None
+        if self._first_shapes is None:
+            from ppmerge.models.checkpoint import open_state_dict
+
+            with open_state_dict(self.paths[first]) as lazy:
+                self._first_shapes = Shapes({k: tuple(v) for k, v in lazy.shapes.items()
+                                             if not self.head_pattern.search(k)})
+        return self._first_shapes, first
+
+    def _checked(self, name, backbone, head):
+        path = self.paths[name]
+        if not head and self.task_of[name] is not None and self.head_pattern.pattern != NO_HEADS:
+            raise CheckpointError(f"model {name} ({path}): no head keys match ModelPool.head_keys "
+                                  f"{self.head_pattern.pattern!r} (a model with a task needs its head)")
+        reference, label = self._reference(name)
+        if reference is not None:
+            problem = compare_backbones(reference, backbone, label, name)
+            if problem:
+                raise CheckpointError(f"model pool backbones differ: {problem}")
+        self.heads[name] = head
         return backbone
 
-    def _open(self, task, lazy):
+    def _open(self, name, lazy):
         """A StreamedBackbone of an opened model file; its head is read (small) and checked now."""
         head_keys = [key for key in lazy if self.head_pattern.search(key)]
         head = {key: lazy[key] for key in head_keys}
-        _check_finite(head, task, self.paths[task])
-        backbone = StreamedBackbone(lazy, [key for key in lazy if key not in head], task)
-        return self._checked(task, backbone, head)
+        _check_finite(head, name, self.paths[name])
+        backbone = StreamedBackbone(lazy, [key for key in lazy if key not in head], name)
+        return self._checked(name, backbone, head)
 
     def backbones(self):
-        """{task: backbone} of every fine-tuned model, loaded once and kept."""
+        """{name: backbone} of every fine-tuned model, loaded once and kept."""
         if self._backbones is None:
-            self._backbones = {task: self.load(task) for task in self.tasks}
+            self._backbones = {name: self.load(name) for name in self.names}
         return self._backbones
 
     def stream(self):
-        """Yield (task, backbone) one model at a time, without keeping them: each backbone is a
+        """Yield (name, backbone) one model at a time, without keeping them: each backbone is a
         StreamedBackbone whose tensors are read from the file when asked for (the file is open
         until the next model is asked for). NaN / Inf are found as the tensors are read."""
         if self._backbones is not None:
@@ -222,12 +422,12 @@ class ModelPool:
             return
         from ppmerge.models.checkpoint import open_state_dict
 
-        for task in self.tasks:
-            path = self.paths[task]
+        for name in self.names:
+            path = self.paths[name]
             if not os.path.exists(path):
-                raise CheckpointError(f"ModelPool.models.{task}: model file {path!r} does not exist")
+                raise CheckpointError(f"ModelPool.models.{name}: model file {path!r} does not exist")
             with open_state_dict(path) as lazy:
-                yield task, self._open(task, lazy)
+                yield name, self._open(name, lazy)
 
     def sized_stream(self, after_each=None):
         """The backbones of `stream()` as an iterable with len() (streaming methods need the count up
@@ -235,8 +435,8 @@ class ModelPool:
         return _SizedStream(self, after_each)
 
     def load_heads(self):
-        """Every task's head (loads each model once if the heads are not known yet)."""
-        for task in self.tasks:
-            if task not in self.heads:
-                self.load(task)
-        return self.heads
+        """Every model's head, {name: head} in pool order (loads a model whose head is not known yet)."""
+        for name in self.names:
+            if name not in self.heads:
+                self.load(name)
+        return {name: self.heads[name] for name in self.names}

@@ -15,7 +15,7 @@ import threading
 import time
 
 import numpy as np
-from tqdm import tqdm
+from ppmerge.progress import progress_bar as tqdm  # a tqdm bar on a terminal, plain lines in a log
 
 from ppmerge.errors import ConfigError
 from ppmerge.evaluation.reports import average
@@ -63,7 +63,8 @@ def _to_numpy_backbone(merged, base):
 
 
 def merged_state_dict(backbone, heads):
-    """The merged model file's content: the backbone plus `heads.<TASK>.<head key>` for every task."""
+    """The merged model file's content: the backbone plus `heads.<name>.<head key>` for every head
+    (`ModelPool.saved_heads()`: each model's under its name, each task's under the task's name)."""
     state_dict = dict(backbone)
     for task, head in heads.items():
         for key, value in head.items():
@@ -105,6 +106,7 @@ class _Merger:
             else:
                 merged = self.method.fn(base, models, **params)
             bar.update(1)
+        self.info = getattr(merged, "method_info", None)  # e.g. AdaMerging's learned λ table, for the row
         if getattr(merged, "is_ensemble", False):
             return merged
         return _to_numpy_backbone(merged, base)
@@ -113,6 +115,76 @@ class _Merger:
 def _row(name, kind, metrics, tasks, params=None, **extra):
     return {"name": name, "kind": kind, "params": params or {}, "metrics": metrics,
             "average": average(metrics, tasks), "best": False, **extra}
+
+
+def custom_task_names(task_pool_section):
+    """Names of the TaskPool's custom datasets (tasks a model of the pool may name besides GLUE's)."""
+    return tuple((task_pool_section or {}).get("datasets") or {})
+
+
+def per_model_params(method, section, pool):
+    """The Merge section with per-model parameters given as `{model name: value}` maps turned into
+    lists in pool order (and CABS's `order` given as model names turned into pool indices): the ONE
+    place where names become positions, before the method's parameters are checked."""
+    out = dict(section)
+    for key, value in section.items():
+        param = method.params.get(key)
+        if param is None:
+            continue
+        where = f"Merge.{key}"
+        if isinstance(value, dict) and "list[" in param.kind:
+            unknown = [k for k in value if k not in pool.paths]
+            if unknown:
+                raise ConfigError(f"{where}: {unknown[0]!r} is not a model of the pool "
+                                  f"(its models: {', '.join(pool.names)})")
+            missing = [n for n in pool.names if n not in value]
+            if missing:
+                raise ConfigError(f"{where}: no value for model {missing[0]} (a map needs one value per model: "
+                                  f"{', '.join(pool.names)})")
+            out[key] = [value[n] for n in pool.names]
+        elif key == "order" and isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value):
+            unknown = [v for v in value if v not in pool.paths]
+            if unknown:
+                raise ConfigError(f"{where}: {unknown[0]!r} is not a model of the pool "
+                                  f"(its models: {', '.join(pool.names)})")
+            out[key] = [pool.names.index(v) for v in value]
+    return out
+
+
+def check_base(method, points, pool):
+    """A pool without ModelPool.base only runs methods that never read the base."""
+    if pool.has_base or not any(method.base_needed(params) for params in points):
+        return
+    from ppmerge.merge import METHODS
+
+    free = sorted(name for name, m in METHODS.items() if m.needs_base is not True)
+    raise ConfigError(f"Merge.method {method.name} needs ModelPool.base (the pretrained model the task vectors "
+                      f"θ_i − θ₀ are taken from; with a sparsifier, averages need it too); without a base "
+                      f"run one of: {', '.join(free)}")
+
+
+def eval_tasks(task_pool_section, pool):
+    """TaskPool.tasks as canonical names, each needing a model of that task in the pool (its head)."""
+    from ppmerge.merge.model_pool import _canonical_task
+
+    custom = custom_task_names(task_pool_section)
+    tasks = [_canonical_task(str(t), "TaskPool.tasks", custom) for t in task_pool_section["tasks"]]
+    pool_tasks = pool.pool_tasks()
+    no_model = [t for t in tasks if t not in pool_tasks]
+    if no_model:
+        raise ConfigError(f"TaskPool.tasks: task {no_model[0]} has no fine-tuned model in ModelPool.models "
+                          f"(its head is needed to evaluate it; the pool's tasks: {', '.join(pool_tasks) or 'none'})")
+    return tasks
+
+
+def finetuned_metrics(task_pool, pool, tasks):
+    """{task: metrics} of the pool's own models: each task's first model (pool order) with its own head."""
+    own = {}
+    for task in tasks:
+        name = pool.models_of(task)[0]
+        own.update(task_pool.evaluate(pool.backbones()[name], {task: pool.heads[name]}, [task],
+                                      desc=f"evaluate {name} model"))
+    return own
 
 
 def _score(row):
@@ -127,6 +199,23 @@ def _check_output_dir(cfg, overwrite):
     need = os.path.getsize(base) if cfg["Output"]["save_model"] and base and os.path.isfile(base) else 0
     return prepare_output_dir(cfg["Output"]["dir"], "merge", overwrite=overwrite, need_bytes=need,
                               what="Output.dir")
+
+
+def _pool_section(cfg, method):
+    """ModelPool with the model family's head keys: a family without per-task heads (T5) merges the
+    whole model (ModelPool.head_keys is ignored). Methods that need heads / class logits
+    (data-dependent ones, the ensemble) are refused on such pools."""
+    from ppmerge.merge.model_pool import NO_HEADS
+    from ppmerge.models.families import get_family
+
+    family = get_family(cfg["TaskPool"]["model"])
+    if family.head_keys is not None:
+        return cfg["ModelPool"]
+    if method.data_dependent or method.name == "simple_ensemble":
+        raise ConfigError(f"Merge.method {method.name} is not available for {family.name} (text-to-text) pools: it "
+                          f"needs per-task heads / class logits; use a data-free method (simple_average, "
+                          f"task_arithmetic, ties_merging, dare_*, ...)")
+    return {**cfg["ModelPool"], "head_keys": NO_HEADS}
 
 
 def run_merge(cfg, progress=True, overwrite=False):
@@ -151,15 +240,11 @@ def run_merge(cfg, progress=True, overwrite=False):
     method = get_method(cfg["Merge"]["method"])
     base_params = {k: v for k, v in cfg["Merge"].items() if k != "method"}
     axes = sweep_axes(cfg["Sweep"])
-    points = [(label, assigned, method.resolve(section)) for label, assigned, section
-              in sweep_points(base_params, cfg["Sweep"])]
-    pool = ModelPool.from_config(cfg["ModelPool"])
-    from ppmerge.data import get_task
-    tasks = [get_task(t).name for t in cfg["TaskPool"]["tasks"]]
-    no_model = [t for t in tasks if t not in pool.paths]
-    if no_model:
-        raise ConfigError(f"TaskPool.tasks: task {no_model[0]} has no fine-tuned model in ModelPool.models "
-                          f"(its head is needed to evaluate it)")
+    pool = ModelPool.from_config(_pool_section(cfg, method), known_tasks=custom_task_names(cfg["TaskPool"]))
+    points = [(label, assigned, method.resolve(per_model_params(method, section, pool)))
+              for label, assigned, section in sweep_points(base_params, cfg["Sweep"])]
+    check_base(method, [p for _, _, p in points], pool)
+    tasks = eval_tasks(cfg["TaskPool"], pool)
     refs = cfg["Output"]["reference_rows"]
     task_pool = None  # `TaskPool.tasks: []` turns evaluation off: merge and save only (benchmarks)
     if tasks:
@@ -168,21 +253,27 @@ def run_merge(cfg, progress=True, overwrite=False):
         task_pool = TaskPool.from_config({**cfg["TaskPool"], "tasks": tasks, "seed": seed}, progress=progress)
     elif any(refs.values()):
         raise ConfigError("Output.reference_rows: reference rows are evaluations, but TaskPool.tasks is empty")
+    if refs["base"] and not pool.has_base:
+        raise ConfigError("Output.reference_rows.base: the model pool has no base (set ModelPool.base or turn the row off)")
     # Stream (one model in memory at a time) when nothing needs all the fine-tuned backbones at once.
     stream = (len(points) == 1 and not method.data_dependent and method.can_stream(points[0][2])
               and not refs["finetuned"] and not refs["cross_task"])
 
     def context():
         heads = pool.load_heads()
-        return MergeContext(task_names=list(pool.tasks), heads=[heads[t] for t in pool.tasks],
+        no_task = [name for name in pool.names if pool.task_of[name] is None]
+        if no_task:
+            raise ConfigError(f"Merge.method {method.name} reads each model's own task data, but model {no_task[0]} "
+                              f"has no task (set ModelPool.models.{no_task[0]}.task)")
+        return MergeContext(task_names=[pool.task_of[n] for n in pool.names], heads=[heads[n] for n in pool.names],
                             task_pool=task_pool, model_cfg=dict(cfg["TaskPool"]["model"]),
                             device=device, seed=seed)
 
     _import_report_modules()
     tick = time.perf_counter()
-    pool.base
     if not stream:
         pool.backbones()  # every model loaded (and checked) once, also for the whole sweep
+    pool.base  # (after the backbones: a pool without base makes its zeros from the first one)
     timings["load"] = time.perf_counter() - tick
     # A streamed merge may accumulate into the base's own buffers unless the base row needs the base.
     merger = _Merger(method, pool, context, stream, consume=not refs["base"], progress=progress)
@@ -196,7 +287,7 @@ def run_merge(cfg, progress=True, overwrite=False):
         merged = merger(params, desc=f"merge {label}" if axes else f"merge {method.name}")
         timings["merge"] += time.perf_counter() - tick
         tick = time.perf_counter()
-        heads = pool.heads
+        heads = pool.task_heads()
         if task_pool is None:
             metrics = {}
         elif getattr(merged, "is_ensemble", False):
@@ -206,6 +297,8 @@ def run_merge(cfg, progress=True, overwrite=False):
         timings["evaluate"] += time.perf_counter() - tick
         row = _row(label if axes else method.name, "sweep" if axes else "merged", metrics, tasks,
                    params=params, sweep_values=assigned)
+        if getattr(merger, "info", None):
+            row["method_info"] = merger.info
         rows.append(row)
         if best_row is None or _score(row) > _score(best_row):
             best_row, best_model = row, merged
@@ -216,21 +309,16 @@ def run_merge(cfg, progress=True, overwrite=False):
     tick = time.perf_counter()
     reference = []
     if refs["base"]:
-        reference.append(_row("base", "base", task_pool.evaluate(pool.base, pool.heads, tasks, desc="evaluate base"),
-                              tasks))
+        reference.append(_row("base", "base", task_pool.evaluate(pool.base, pool.task_heads(), tasks,
+                                                                 desc="evaluate base"), tasks))
     cross = []
     if refs["cross_task"]:
-        matrix = task_pool.cross_task_matrix(pool.backbones(), pool.heads, tasks)
+        matrix = task_pool.cross_task_matrix(pool.backbones(), pool.task_heads(), tasks)
         cross = [_row(f"cross_task:{name}", "cross_task", metrics, tasks, model=name)
                  for name, metrics in matrix.items()]
     if refs["finetuned"]:
-        own = {}
-        for task in tasks:
-            if refs["cross_task"]:
-                own[task] = matrix[task][task]
-            else:
-                own.update(task_pool.evaluate(pool.backbones()[task], pool.heads, [task], desc=f"evaluate {task} model"))
-        reference.append(_row("finetuned", "finetuned", own, tasks))
+        reference.append(_row("finetuned", "finetuned", finetuned_metrics(task_pool, pool, tasks), tasks,
+                              models={t: pool.models_of(t)[0] for t in tasks}))
     timings["reference"] = time.perf_counter() - tick
 
     result = {
@@ -239,7 +327,11 @@ def run_merge(cfg, progress=True, overwrite=False):
         "sweep": [[key, values] for key, values in axes] or None,
         "best": best_row["name"] if axes and tasks else None,
         "tasks": tasks,
-        "main_metric": {t: get_task(t).metric for t in tasks},
+        "main_metric": {t: task_pool.metric_name(t) for t in tasks} if task_pool else {},
+        "splits": {t: task_pool.split_of(t) for t in tasks} if task_pool else {},
+        "pool": [{"name": n, "task": pool.task_of[n], "path": pool.paths[n]} for n in pool.names],
+        "pool_order": pool.describe_order(),
+        "base": pool.base_path,
         "device": device,
         "rows": reference + rows + cross,
         "config": cfg,
@@ -247,11 +339,17 @@ def run_merge(cfg, progress=True, overwrite=False):
     }
     with atomic_dir(out_dir, kind="merge") as tmp:
         tick = time.perf_counter()
-        if cfg["Output"]["save_model"] and not getattr(best_model, "is_ensemble", False):
+        if cfg["Output"]["save_model"] and hasattr(best_model, "save"):  # a per-task result (EMR-Merging)
+            result["model_file"] = os.path.join(out_dir, best_model.save(tmp, pool.saved_heads()))
+        elif cfg["Output"]["save_model"] and not getattr(best_model, "is_ensemble", False):
             from ppmerge.models.checkpoint import check_finite, save_state_dict
 
-            merged_model = merged_state_dict(best_model, pool.heads)
+            merged_model = merged_state_dict(best_model, pool.saved_heads())
             check_finite(merged_model, "the merged model (check the method's parameters)")
+            if cfg["Output"].get("dtype"):  # one cast, tensor by tensor (ppmerge.models.dtypes)
+                from ppmerge.models.dtypes import cast_state_dict
+
+                merged_model = cast_state_dict(merged_model, cfg["Output"]["dtype"], where="Output.dtype")
             save_state_dict(merged_model, os.path.join(tmp, MODEL_FILE))
             result["model_file"] = os.path.join(out_dir, MODEL_FILE)
         else:

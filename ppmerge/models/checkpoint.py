@@ -312,7 +312,7 @@ def to_float32(array):
 # --------------------------------------------------------------------------- merged model files
 
 def merged_task_names(state_dict):
-    """Task names of a merged model file (`heads.<TASK>.…` keys); empty for a plain checkpoint."""
+    """Head names of a merged model file (`heads.<name>.…` keys: model and task names); empty for a plain checkpoint."""
     return sorted({key[len(HEADS_PREFIX):].split(".", 1)[0] for key in state_dict if key.startswith(HEADS_PREFIX)})
 
 
@@ -328,14 +328,17 @@ def _canonical_task(name):
 
 
 def select_task_head(state_dict, task):
-    """A merged model (backbone + `heads.<TASK>.<key>`) → a plain state dict with `task`'s head."""
+    """A merged model (backbone + `heads.<name>.<key>`) → a plain state dict with one head: `task` is a
+    model name of the merge's pool (`sst2_seed1`) or a task (`SST-2`: the task's head, `heads.SST2`)."""
     tasks = merged_task_names(state_dict)
     if not tasks:
         return dict(state_dict)
     wanted = _canonical_task(task)
-    match = [t for t in tasks if t == task or t == wanted or _canonical_task(t) == wanted]
+    match = [t for t in tasks if t == task] or [t for t in tasks if t == wanted or _canonical_task(t) == wanted]
     if not match:
-        raise CheckpointError(f"merged model has no head for task {task!r}; its tasks: {', '.join(tasks)}")
+        order = [key[len(HEADS_PREFIX):].split(".", 1)[0] for key in state_dict if key.startswith(HEADS_PREFIX)]
+        raise CheckpointError(f"merged model has no head for {task!r}; its heads (model or task names): "
+                              f"{', '.join(dict.fromkeys(order))}")
     prefix = f"{HEADS_PREFIX}{match[0]}."
     out = {key: value for key, value in state_dict.items() if not key.startswith(HEADS_PREFIX)}
     out.update({key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)})

@@ -15,7 +15,7 @@ entries that get no gradient (none in a GPT backbone) are averaged plainly.
 import sys
 
 import numpy as np
-from tqdm import tqdm
+from ppmerge.progress import progress_bar as tqdm  # a tqdm bar on a terminal, plain lines in a log
 
 from ppmerge.errors import ConfigError
 from ppmerge.merge.registry import Param, register
@@ -143,7 +143,7 @@ def merge_with_fisher(backbones, fishers, normalize_fisher_weight=True, minimal_
     return merged
 
 
-@register("fisher_merging", data_dependent=True, params={
+@register("fisher_merging", data_dependent=True, needs_base=False, params={
     "num_fisher_examples": Param("int", 256, "training examples per model for its Fisher (-1: all)",
                                  check=count_or_all),
     "batch_size": Param("int", 32, "examples read per batch (the Fisher itself is per example)",

@@ -12,7 +12,7 @@ parameter (embeddings, LayerNorms) are averaged plainly; heads stay per task.
 """
 import sys
 
-from tqdm import tqdm
+from ppmerge.progress import progress_bar as tqdm  # a tqdm bar on a terminal, plain lines in a log
 
 from ppmerge.errors import ConfigError
 from ppmerge.merge.methods.fisher_merging import count_or_all, positive_int
@@ -100,7 +100,7 @@ def merge_with_grams(backbones, grams, reduce_non_diagonal_ratio=0.6):
     return merged
 
 
-@register("regmean", data_dependent=True, params={
+@register("regmean", data_dependent=True, needs_base=False, params={
     "num_regmean_examples": Param("int", 256, "training examples per model for its Gram matrices (-1: all)",
                                   check=count_or_all),
     "batch_size": Param("int", 32, "batch size of the forward passes that collect the inputs", check=positive_int),

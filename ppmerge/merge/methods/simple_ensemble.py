@@ -25,7 +25,7 @@ class Ensemble:
         return task_pool.evaluate_ensemble(self.backbones, heads, tasks)
 
 
-@register("simple_ensemble", data_dependent=True, params={})
+@register("simple_ensemble", data_dependent=True, params={}, needs_base=False)
 def simple_ensemble(base, models, *, context):
     """Ensemble of the fine-tuned models: average their pooled hidden states before each task's head."""
     return Ensemble(models, context.task_names)
