@@ -283,7 +283,12 @@ def test_same_seed_same_files_and_subset(tmp_path):
             assert open(os.path.join(one[name], f)).read() == open(os.path.join(two[name], f)).read()
     assert open(os.path.join(one["RTE"], "train.tsv")).read() != open(os.path.join(other["RTE"], "train.tsv")).read()
     # Written atomically: no temporary folders are left beside the task folders.
-    assert sorted(n for n in os.listdir(tmp_path / "a") if n != ".ppmerge-output") == sorted(get_task(t).glue_name for t in TASK_NAMES)
+    assert sorted(n for n in os.listdir(tmp_path / "a") if n != ".ppmerge-output") == sorted(
+        [get_task(t).glue_name for t in TASK_NAMES] + ["diagnostic"])  # + GLUE's diagnostic set (AX)
+    # the diagnostic set: MNLI's unlabelled `diagnostic` split, with GLUE's columns
+    ax = read_examples("MNLI", one["MNLI"], "diagnostic")
+    assert len(ax) == 4 and all(e.label is None and e.text_b for e in ax)
+    assert "diagnostic" not in os.listdir(tmp_path / "c")  # only with MNLI
 
 
 def test_cli_writes_both_layouts(tmp_path):

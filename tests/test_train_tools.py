@@ -75,7 +75,7 @@ def test_eval_dev_matches_an_independent_accuracy(trained, capsys):
     ckpt = latest_checkpoint(out)
     assert ckpt.endswith("epoch_0_step_4")
     assert _tool("eval").main(argv + ["-o", f"Engine.save_load.ckpt_dir={ckpt}"]) == 0
-    with open(os.path.join(ckpt, "eval_results_dev.json")) as f:
+    with open(os.path.join(ckpt, "eval_results_SST2_dev.json")) as f:
         results = json.load(f)
     assert results["task"] == "SST2" and "accuracy:" in capsys.readouterr().out
 
@@ -102,7 +102,7 @@ def test_eval_dev_matches_an_independent_accuracy(trained, capsys):
     merged = os.path.join(out, "merged", "model.pdparams")
     save_state_dict(weights, merged)
     assert _tool("eval").main(argv + ["-o", f"Model.pretrained={merged}"]) == 0
-    with open(os.path.join(out, "merged", "eval_results_dev.json")) as f:
+    with open(os.path.join(out, "merged", "eval_results_SST2_dev.json")) as f:
         assert json.load(f)["accuracy"] == pytest.approx(results["accuracy"])
     assert len(Engine(cfg, module).predict(dev)) == len(dev)
 

@@ -1,14 +1,21 @@
-"""Evaluate a fine-tuned (or merged) GPT model on a GLUE task, or write its GLUE test submission.
+"""Evaluate a fine-tuned (or merged) GPT model on any GLUE task, or write its GLUE test submission.
 
-    python tools/eval.py -c <train config> -o Engine.save_load.ckpt_dir=output/epoch_2_step_30
-    python tools/eval.py -c <train config> -o Model.pretrained=merged/model.pdparams --split dev_mismatched
-    python tools/eval.py -c <train config> -o Engine.save_load.ckpt_dir=... --split test
+    python tools/eval.py -o Engine.save_load.ckpt_dir=output/SST2/epoch_2_step_30
+    python tools/eval.py -c <train config> -o Model.pretrained=merged/merged_model.pdparams \
+        -o Data.Eval.dataset.name=MNLI -o Data.Eval.dataset.root=./dataset --split dev_mismatched
+    python tools/eval.py -c <train config> -o Model.pretrained=merged/merged_model.pdparams \
+        --split test --tasks all --data-root ./dataset
 
 The model is `Engine.save_load.ckpt_dir` (a checkpoint folder) if set, else `Model.pretrained` (a
-file, folder or FleetX prefix; a merged model's head for the task is selected). Labelled splits print
-the task's metrics and write `eval_results_<split>.json`; `--split test` writes the GLUE submission
-TSV (CoLA.tsv, SST-2.tsv, ..., MNLI-m.tsv and MNLI-mm.tsv). Files go next to the checkpoint
-(ckpt_dir, or the pretrained file's folder), or to --output-dir.
+file, folder or FleetX prefix). Without -c the run's config.yaml beside the checkpoint is used. The
+task is `Data.Eval.dataset.name` (or --tasks); its class count, loss and metric come from the task,
+so naming the task is enough. The model must hold a head for it (a merged model: `heads.<TASK>` or
+--head NAME; a plain checkpoint: its own, fine-tuned on that task), else it is an error -- never a
+random head. Labelled splits print the task's metrics and write `eval_results_<TASK>_<split>.json`;
+`--split test` writes the GLUE submission TSVs (CoLA.tsv, SST-2.tsv, ..., MNLI-m.tsv, MNLI-mm.tsv
+and AX.tsv from the diagnostic set with the MNLI head); `--tasks all` also writes
+glue_submission.zip with the eleven files. Files go next to the checkpoint (ckpt_dir, or the
+pretrained file's folder), or to --output-dir.
 """
 import argparse
 import json
@@ -25,11 +32,20 @@ SPLITS = ("dev", "test", "dev_matched", "dev_mismatched", "test_matched", "test_
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
-    parser.add_argument("-c", "--config", required=True, help="the training config YAML")
+    parser.add_argument("-c", "--config", default=None,
+                        help="the training config YAML (default: the run's config.yaml beside the checkpoint)")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="A.B=v",
                         help="override a config key (repeatable)")
     parser.add_argument("--split", choices=SPLITS, default=None,
                         help="split to evaluate (default: Data.Eval.dataset.split); test writes the GLUE TSV")
+    parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                        help="tasks to evaluate (default: Data.Eval.dataset.name); 'all' = the nine GLUE tasks "
+                             "(with --split test: the complete submission + zip)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding the task folders (default: Data.Eval.dataset.root, or its parent "
+                             "when it is one task's folder); used with --tasks")
+    parser.add_argument("--head", default=None,
+                        help="merged model: the head of this pool model name (default: the task's head)")
     parser.add_argument("--device", default=None, help="cpu, gpu, gpu:N, xpu or npu (overrides Global.device)")
     parser.add_argument("--output-dir", default=None, help="where results go (default: beside the checkpoint)")
     parser.add_argument("--overwrite", action="store_true",
@@ -41,10 +57,11 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     from ppmerge.config import load_config
+    from ppmerge.engine import task_eval
     from ppmerge.runtime import parse_device
 
     overrides = list(args.override) + ([f"Global.device={args.device}"] if args.device else [])
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(task_eval.config_path_for(args.config, overrides), overrides)
     parse_device(cfg["Global"]["device"])
     weights = cfg["Engine"]["save_load"].get("ckpt_dir") or cfg["Model"].get("pretrained")
     if not weights:
@@ -56,34 +73,102 @@ def main(argv=None):
     cfg["Engine"]["save_load"]["ckpt_dir"] = None  # evaluation only loads weights
     out_dir = args.output_dir or (weights if os.path.isdir(weights) else os.path.dirname(os.path.abspath(weights)))
 
-    from ppmerge.data import get_task
-    from ppmerge.engine import Engine, FinetuneModule, build_dataset
-    from ppmerge.engine.submission import submission_name, write_submission
-    from ppmerge.fileio import write_text
+    from ppmerge.data import TASK_NAMES, data_file, get_task, normalize_split
+    from ppmerge.errors import DataError
+    from ppmerge.engine.submission import SUBMISSION_FILES, submission_name, submission_splits
 
-    task = get_task(cfg["Data"]["Eval"]["dataset"]["name"])
-    split = args.split or cfg["Data"]["Eval"]["dataset"].get("split") or "dev"
-    if split == "test" and task.name == "MNLI":
-        splits = ["test_matched", "test_mismatched"]
+    eval_ds = cfg["Data"]["Eval"]["dataset"]
+    split = args.split or eval_ds.get("split") or "dev"
+    if args.tasks:
+        names = TASK_NAMES if [t.lower() for t in args.tasks] == ["all"] else args.tasks
+        tasks = list(dict.fromkeys(get_task(t).name for t in names))
+        root = args.data_root or task_eval.data_root_for(eval_ds["root"])
     else:
-        splits = [split]
-    datasets = [build_dataset(cfg, "Eval", s) for s in splits]
-    _check_outputs(args, out_dir, [f"eval_results_{d.split}.json" if d.has_labels else submission_name(task, d.split)
-                                   for d in datasets])
-    engine = Engine(cfg, FinetuneModule(cfg))
-    for dataset in datasets:
-        if args.output_dir:
-            from ppmerge.fileio import mark_output_dir
+        tasks = [get_task(eval_ds["name"]).name]
+        root = args.data_root or eval_ds["root"]
+    complete = bool(args.tasks) and split == "test" and set(tasks) == set(TASK_NAMES)
+    run_config = task_eval.find_run_config(weights)
+    trained = task_eval.trained_task(task_eval.read_run_config(run_config)) if run_config else None
+    keep_metric = any(o.split("=", 1)[0].strip() == "Model.metric.eval.name" for o in args.override)
 
-            mark_output_dir(out_dir, "eval")
-        if dataset.has_labels:
-            results = engine.evaluate(dataset, tag=f"eval {dataset.split}")
-            path = os.path.join(out_dir, f"eval_results_{dataset.split}.json")
-            write_text(path, json.dumps(dict(results, task=task.name, split=dataset.split, model=weights), indent=2) + "\n")
-        else:
-            path = write_submission(out_dir, task, dataset.split, engine.predict(dataset))
+    # Everything is checked before the first model is built: a head for every task, every data file.
+    jobs = []  # (task, split, result file name, labelled)
+    head_keys = task_eval.family_head_keys(cfg)
+    for task in tasks:
+        task_eval.check_head(weights, task, head=args.head, trained=trained, head_keys=head_keys)
+        splits = submission_splits(task) if split == "test" else [split]
+        for s in splits:
+            s = normalize_split(task, s)
+            if s == "diagnostic" and not complete:
+                try:
+                    data_file(task, root, s)
+                except DataError:
+                    continue  # AX only when its file is there, unless the submission must be complete
+            path, columns, _ = data_file(task, root, s)
+            labelled = columns.label is not None
+            name = f"eval_results_{task}_{s}.json" if labelled else submission_name(task, s)
+            jobs.append((task, s, name, labelled))
+    names = [name for *_, name, _ in jobs] + (["glue_submission.zip"] if complete else [])
+    _check_outputs(args, out_dir, names)
+
+    outputs = _run_jobs(cfg, tasks, jobs, root, weights, args.head, keep_metric)
+    if args.output_dir:
+        from ppmerge.fileio import mark_output_dir
+
+        mark_output_dir(out_dir, "eval")
+    written = _write(out_dir, jobs, outputs, weights, args.head)
+    if complete:
+        from ppmerge.engine.submission import write_submission_zip
+
+        tsvs = [p for p in written if os.path.basename(p) in SUBMISSION_FILES]
+        written.append(write_submission_zip(out_dir, tsvs))
+    for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _run_jobs(cfg, tasks, jobs, root, weights, head, keep_metric):
+    """{(task, split): metrics | outputs} for every job; nothing is written yet."""
+    from ppmerge.engine import Engine, FinetuneModule, build_dataset
+    from ppmerge.engine.task_eval import configure_for_task
+
+    outputs = {}
+    for task in tasks:
+        task_cfg = configure_for_task(cfg, task, root, keep_metric=keep_metric)
+        if head:
+            from ppmerge.models import load_pretrained
+
+            module = FinetuneModule(task_cfg, pretrained=False)
+            load_pretrained(module.network, weights, task=head)
+        else:
+            module = FinetuneModule(task_cfg)
+        engine = Engine(task_cfg, module)
+        for job_task, split, _, labelled in jobs:
+            if job_task != task:
+                continue
+            dataset = build_dataset(task_cfg, "Eval", split)
+            if labelled:
+                outputs[(task, split)] = engine.evaluate(dataset, tag=f"eval {task} {dataset.split}")
+            else:
+                outputs[(task, split)] = engine.predict(dataset)
+    return outputs
+
+
+def _write(out_dir, jobs, outputs, weights, head):
+    from ppmerge.engine.submission import write_submission
+    from ppmerge.fileio import write_text
+
+    written = []
+    for task, split, name, labelled in jobs:
+        value = outputs[(task, split)]
+        path = os.path.join(out_dir, name)
+        if labelled:
+            record = dict(value, task=task, split=split, model=weights, head=head or task)
+            write_text(path, json.dumps(record, indent=2) + "\n")
+        else:
+            path = write_submission(out_dir, task, split, value)
+        written.append(path)
+    return written
 
 
 def _check_outputs(args, out_dir, names):

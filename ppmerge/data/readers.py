@@ -128,11 +128,28 @@ def _resolve_root(task, root):
     return root
 
 
+# GLUE's diagnostic set (AX), unlabelled, predicted with the MNLI head: MNLI's `diagnostic` split.
+DIAGNOSTIC_COLUMNS = Columns(a=1, b=2)
+
+
+def _diagnostic_file(root):
+    """glue_data/diagnostic/diagnostic.tsv beside the MNLI folder (or in it / below it)."""
+    candidates = [os.path.join(root, "diagnostic.tsv"), os.path.join(root, "diagnostic", "diagnostic.tsv"),
+                  os.path.join(os.path.dirname(os.path.abspath(root)), "diagnostic", "diagnostic.tsv")]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path, DIAGNOSTIC_COLUMNS, "glue"
+    raise DataError(f"GLUE diagnostic file not found: expected {candidates[-1]} (diagnostic.tsv from "
+                    f"{_GLUE_WHERE}; the AX submission file is predicted from it with the MNLI head)")
+
+
 def data_file(task, root, split):
     """(path, Columns, layout) of the file that holds `split`; DataError if it is not there."""
     task = get_task(task)
     split = normalize_split(task, split)
     root = _resolve_root(task, os.fspath(root))
+    if split == "diagnostic":
+        return _diagnostic_file(root)
     layout = detect_layout(task, root)
     if layout == "fleetx" and task.name in _FLEETX_FILES:
         files = _FLEETX_FILES[task.name]

@@ -343,6 +343,11 @@ def write_glue_suite(out_dir, layout="glue", n_train=256, n_dev=128, n_test=32, 
             os.makedirs(folder)
             _write_task(get_task(name), folder, layout, (n_train, n_dev, n_test), seed)
             roots[name] = task_root(name, out_dir, layout)
+        if "MNLI" in names:  # GLUE's diagnostic set (AX): MNLI pairs, no labels, beside the task folders
+            os.makedirs(os.path.join(tmp, "diagnostic"))
+            rows = make_examples("MNLI", "diagnostic", n_test, seed)
+            _write_tsv(os.path.join(tmp, "diagnostic", "diagnostic.tsv"), ["index", "sentence1", "sentence2"],
+                       [(i, a, b) for i, (a, b, _) in enumerate(rows)])
     return roots
 
 
