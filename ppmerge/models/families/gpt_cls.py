@@ -60,9 +60,10 @@ class GPTClassifier:
 
     # ---- model ----------------------------------------------------------------------------
     def build(self, task):
+        """A fresh model with the task's head size (`task`: a TaskSpec or a number of classes)."""
         from ppmerge.models import build_model
 
-        return build_model(self.model_cfg, task.num_classes)
+        return build_model(self.model_cfg, getattr(task, "num_classes", task))
 
     def load_pretrained(self, network, path, task):
         from ppmerge.models import load_pretrained

@@ -122,7 +122,12 @@ class T5Text:
         from ppmerge.runtime import import_paddle
 
         paddle = import_paddle()
-        ids = unwrap(model).generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        mask = batch.get("attention_mask")
+        if mask is None:  # right padding: the mask follows from the true lengths
+            width = batch["input_ids"].shape[1]
+            mask = (paddle.arange(width, dtype="int64").unsqueeze(0)
+                    < batch["lengths"].astype("int64").unsqueeze(1)).astype("int64")
+        ids = unwrap(model).generate(input_ids=batch["input_ids"], attention_mask=mask,
                                      max_length=self.max_length - 1, decode_strategy="greedy_search")[0]
         width = self.max_length - 1
         if ids.shape[1] < width:
