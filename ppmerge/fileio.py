@@ -54,19 +54,22 @@ def _pid_alive(pid):
 
 def clean_stale_temps(folder):
     """Remove temporaries of our naming pattern in `folder` left by runs that died: those whose process
-    is gone (pid in the name), and old-style ones (no pid) older than this process. Returns the removed
-    names. Anything else is never touched; a temporary of a live run (even a concurrent one) stays."""
+    is gone (pid in the name), and, in a marked ppmerge output folder, old-style ones (no pid: written
+    by earlier ppmerge versions) older than this process. Returns the removed names. Anything else is
+    never touched; a temporary of a live run (even a concurrent one) stays."""
     removed = []
     try:
         names = os.listdir(folder)
     except OSError:
         return removed
+    # Old-style names carry no process id: only in a marked ppmerge output (never in a user's folder).
+    legacy = is_ppmerge_output(folder)
     for name in names:
         match = _TEMP.match(name)
         path = os.path.join(folder, name)
         if match:
             stale = not _pid_alive(int(match.group("pid")))
-        elif _LEGACY_TEMP.match(name):
+        elif _LEGACY_TEMP.match(name) and legacy:
             try:
                 stale = os.lstat(path).st_mtime < _START
             except OSError:
@@ -175,7 +178,7 @@ def atomic_dir(path, kind=None):
         yield tmp
         if kind:
             with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
-                f.write(f"{kind}\n# written by ppmerge: this folder is a ppmerge {kind} output\n")
+                f.write(_marker_text(kind))
         moved = False
         if where == parent:
             try:
@@ -190,6 +193,11 @@ def atomic_dir(path, kind=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _marker_text(kind):
+    return (f"{kind}\n# Written by ppmerge: this folder is a ppmerge {kind} output. ppmerge writes into it "
+            f"again (replacing only its own files); delete this file to make ppmerge refuse the folder.\n")
 
 
 def output_kind(path):
@@ -309,7 +317,7 @@ def mark_output_dir(path, kind):
     path = os.path.abspath(os.fspath(path))
     _makedirs(path)
     if output_kind(path) != kind:
-        write_text(os.path.join(path, MARKER), f"{kind}\n# written by ppmerge: this folder is a ppmerge {kind} output\n")
+        write_text(os.path.join(path, MARKER), _marker_text(kind))
     return path
 
 

@@ -942,3 +942,23 @@ def test_long_fields_are_read(tmp_path):
     (folder / "train.tsv").write_text("sentence\tlabel\n" + "word " * 60_000 + "\t1\nshort\t0\n")
     examples = read_examples("SST2", str(folder), "train")
     assert len(examples) == 2 and len(examples[0].text_a) == 300_000 and examples[0].label == 1
+
+
+def test_old_style_temporaries_are_removed_only_in_marked_outputs(tmp_path):
+    """Temporaries of earlier versions (`.<name>.<8 random>.tmp`, no pid) are removed only inside a marked
+    ppmerge output and only when older than this run: a user's folder is never cleaned by name alone."""
+    from ppmerge.fileio import clean_stale_temps, mark_output_dir
+
+    old = time.time() - 3600
+    for folder in ("user", "ours"):
+        (tmp_path / folder).mkdir()
+        for name in (".model.pdparams.abcd1234.tmp", ".report.json.k2j4h5g6.tmp"):
+            (tmp_path / folder / name).write_text("x")
+            os.utime(tmp_path / folder / name, (old, old))
+        (tmp_path / folder / ".fresh.pdparams.zzzz9999.tmp").write_text("x")  # newer than this run
+    mark_output_dir(str(tmp_path / "ours"), "merge")
+    assert clean_stale_temps(str(tmp_path / "user")) == []
+    assert sorted(clean_stale_temps(str(tmp_path / "ours"))) == [".model.pdparams.abcd1234.tmp",
+                                                                 ".report.json.k2j4h5g6.tmp"]
+    assert sorted(os.listdir(tmp_path / "ours")) == [".fresh.pdparams.zzzz9999.tmp", ".ppmerge-output"]
+    assert len(os.listdir(tmp_path / "user")) == 3
