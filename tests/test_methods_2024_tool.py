@@ -30,7 +30,7 @@ def run_config(name, paths, data_root, out, extra=()):
         f"ModelPool.base={paths['base']}", f"ModelPool.models={json.dumps({t: paths[t] for t in TASKS})}",
         f"TaskPool.tasks={json.dumps(TASKS)}", "Global.device=cpu", f"TaskPool.data_root={data_root}",
         "TaskPool.layout=glue", f"TaskPool.model.name={MODEL_CFG['name']}", "TaskPool.max_length=32",
-        "TaskPool.batch_size=16", "TaskPool.max_examples=24", f"Output.dir={out}", *extra]
+        "TaskPool.batch_size=16", "TaskPool.max_examples=12", f"Output.dir={out}", *extra]
     argv = ["-c", os.path.join(ROOT, "configs", "merge", f"gpt_glue_{name}.yaml")]
     for o in overrides:
         argv += ["-o", o]
@@ -63,3 +63,62 @@ def test_data_free_svd_methods_through_the_tool(pool, glue_suite, tmp_path, caps
         np.testing.assert_allclose(merged[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
     for task in TASKS:
         np.testing.assert_array_equal(merged[f"heads.{task}.score.weight"], sds[task]["score.weight"])
+
+
+def _task_pool(data_root):
+    from ppmerge.evaluation.task_pool import TaskPool
+
+    return TaskPool(TASKS, dict(MODEL_CFG), data_root=data_root, layout="glue", batch_size=16, max_length=32,
+                    max_examples=12, progress=False)
+
+
+def test_emr_merging_through_the_tool_saves_one_file(pool, glue_suite, tmp_path):
+    from ppmerge.merge import MergeContext, get_method
+    from ppmerge.merge.methods.emr_merging import FILE, load_emr
+
+    paths, sds = pool
+    out = str(tmp_path / "out")
+    report = run_config("emr_merging", paths, glue_suite["glue"], out)
+    assert report["model_file"] == os.path.join(out, FILE)
+    assert not os.path.exists(os.path.join(out, "merged_model.pdparams"))
+    backbone, models = _backbones(sds)
+    loaded, heads = load_emr(os.path.join(out, FILE), backbone)
+    assert loaded.task_names == TASKS and set(heads) == set(TASKS)
+    ctx = MergeContext(task_names=TASKS, heads=[{"score.weight": sds[t]["score.weight"]} for t in TASKS],
+                       task_pool=None, model_cfg=dict(MODEL_CFG))
+    direct = get_method("emr_merging")(backbone, models, context=ctx)
+    task_pool = _task_pool(glue_suite["glue"])
+    row = [r for r in report["rows"] if r["kind"] == "merged"][0]
+    for task in TASKS:
+        expected = direct.task_backbone(task)
+        for key, value in loaded.task_backbone(task).items():
+            np.testing.assert_allclose(value, expected[key], rtol=1e-6, atol=1e-7, err_msg=key)
+        np.testing.assert_array_equal(heads[task]["score.weight"], sds[task]["score.weight"])
+        # each task was evaluated with its own backbone θ₀ + λ_t M_t ⊙ τ_uni
+        own = task_pool.evaluate(expected, {task: {"score.weight": sds[task]["score.weight"]}}, [task])[task]
+        assert row["metrics"][task]["main"] == pytest.approx(own["main"], abs=1e-6)
+    # size: τ_uni once + N bits per parameter, against N full float32 backbones
+    size = os.path.getsize(os.path.join(out, FILE))
+    params = sum(v.size for v in backbone.values())
+    assert size < params * 4 * (1 + len(TASKS) / 32) * 1.05 + 200_000 < len(TASKS) * params * 4
+
+
+def test_adamerging_through_the_tool_reports_and_reuses_its_table(pool, glue_suite, tmp_path):
+    from ppmerge.models import load_numpy_state_dict
+
+    paths, sds = pool
+    out = str(tmp_path / "out")
+    report = run_config("adamerging", paths, glue_suite["glue"], out,
+                        ["Merge.max_steps=2", "Merge.granularity=layer_wise", "Merge.batch_size=8"])
+    row = [r for r in report["rows"] if r["kind"] == "merged"][0]
+    table = row["method_info"]["adamerging"]
+    assert table["steps"] == 2 and len(table["entropy"]) == 2 and len(table["lambdas"]) == len(TASKS)
+    first = load_numpy_state_dict(os.path.join(out, "merged_model.pdparams"))
+    # the saved table, loaded from the report, gives the same model without training
+    again = str(tmp_path / "again")
+    report2 = run_config("adamerging", paths, glue_suite["glue"], again,
+                         ["Merge.granularity=layer_wise", f"Merge.lambdas={os.path.join(out, 'report.json')}"])
+    second = load_numpy_state_dict(os.path.join(again, "merged_model.pdparams"))
+    assert [r for r in report2["rows"] if r["kind"] == "merged"][0]["method_info"]["adamerging"]["steps"] == 0
+    for key, value in first.items():
+        np.testing.assert_allclose(second[key], value, rtol=1e-6, atol=1e-7, err_msg=key)
