@@ -126,3 +126,18 @@ def test_a_merge_in_a_log_file_prints_progress_lines(tmp_path):
     assert any(line.startswith("sweep: 2/2 point (100%), done in") for line in lines)
     evaluations = [line for line in lines if line.startswith("evaluate ") and " batch " in line]
     assert evaluations and any("[SST2]" in line or "[MNLI]" in line for line in evaluations)
+
+
+def test_records_survive_an_error_exit(tmp_path):
+    code = ("import sys; from ppmerge.engine.logger import build_logger\n"
+            "log = build_logger('visualdl', sys.argv[1])\n"
+            "for s in range(1, 4): log.train(s, 1.0 / s, 1e-3)\n"
+            "log.train(4, float('nan'), 1e-3)\n"
+            "raise SystemExit(2)  # the tool's error exit, fit never closed the logger\n")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    from ppmerge.engine.logger import read_scalars
+
+    scalars = read_scalars(str(tmp_path / "vdl"))
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3]  # the NaN is not written
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [1.0, 0.5, 1 / 3], rtol=1e-6)

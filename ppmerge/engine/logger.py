@@ -7,6 +7,7 @@ shows them): tags `train/loss`, `train/lr`, `eval/<metric>` (every numeric metri
 `eval/loss`), the step being the global optimizer step. A resumed run adds a new records file to the
 same folder. The records file is appended to as training goes (it is a log, so not written atomically).
 `none` (the default) logs nothing. Only rank 0 logs."""
+import atexit
 import math
 import os
 
@@ -34,6 +35,9 @@ class VisualDLLogger(NullLogger):
         self.logdir = logdir
         self.writer = LogWriter(logdir=logdir)
         self.file_name = self.writer.file_name
+        # fit closes it; if training stops on an error (a NaN loss, Ctrl-C) the records so far are still
+        # flushed when the interpreter exits (VisualDL's writer thread is a daemon and would drop them)
+        atexit.register(self.close)
 
     def _scalar(self, tag, value, step):
         value = float(value)
@@ -53,6 +57,7 @@ class VisualDLLogger(NullLogger):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+            atexit.unregister(self.close)
 
 
 def build_logger(name, output_dir, enabled=True):
