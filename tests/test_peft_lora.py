@@ -34,12 +34,13 @@ def write_adapter(folder, config, tensors):
 
 
 def t5_lora(base_hf, modules, r, rng):
-    """PEFT tensors for HF T5 modules: lora_A [r, in], lora_B [out, r] (B non-zero: a trained adapter)."""
+    """PEFT tensors for HF T5 modules: lora_A [r, in], lora_B [out, r] (B non-zero: a trained adapter;
+    sized so that scale·B·A is comparable to the weight, keeping the float32 forward well conditioned)."""
     tensors = {}
     for module in modules:
         out_dim, in_dim = base_hf[module + ".weight"].shape
-        tensors[f"{P}{module}.lora_A.weight"] = rng.standard_normal((r, in_dim)).astype(np.float32)
-        tensors[f"{P}{module}.lora_B.weight"] = rng.standard_normal((out_dim, r)).astype(np.float32)
+        tensors[f"{P}{module}.lora_A.weight"] = (rng.standard_normal((r, in_dim)) * in_dim ** -0.5).astype(np.float32)
+        tensors[f"{P}{module}.lora_B.weight"] = (rng.standard_normal((out_dim, r)) * 0.01).astype(np.float32)
     return tensors
 
 
@@ -89,6 +90,7 @@ def test_t5_adapter_merge_matches_numpy_and_forward(tmp_path, rslora):
         logits = model(input_ids=paddle.to_tensor(enc), decoder_input_ids=paddle.to_tensor(dec),
                        return_dict=True).logits.numpy()[0]
     np.testing.assert_allclose(logits, numpy_t5_logits(merged_hf, cfg, enc[0], dec[0]), atol=1e-4, rtol=0)
+    assert np.abs(logits - numpy_t5_logits(base_hf, cfg, enc[0], dec[0])).max() > 1e-2  # the adapter matters
 
 
 def test_gpt2_conv1d_fan_in_fan_out_and_modules_to_save(tmp_path):

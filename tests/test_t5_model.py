@@ -160,9 +160,9 @@ def _feed_forward(x, w, prefix, proj):
     return h @ w[f"{prefix}.wo.weight"].T
 
 
-def numpy_t5_logits(w, cfg, enc_ids, dec_ids):
+def numpy_t5_logits(w, cfg, enc_ids, dec_ids, dtype=np.float64):
     """Plain-numpy T5ForConditionalGeneration (HF weight names, float64), one example, no padding."""
-    w = {k: np.asarray(v, dtype=np.float64) for k, v in w.items()}
+    w = {k: np.asarray(v, dtype=dtype) for k, v in w.items()}
     heads, eps, proj = cfg["num_heads"], cfg.get("layer_norm_epsilon", 1e-6), cfg["feed_forward_proj"]
     x = w["shared.weight"][enc_ids]
     bias = _position_bias(w["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
@@ -212,8 +212,11 @@ def random_hf_t5(cfg, rng):
     sd = {"shared.weight": normal(vocab, d, std=1.0)}
 
     def attention(prefix, relative):
+        # T5's own init scales (q also by d_kv**-0.5: T5 does not scale scores), so that float32 stays
+        # well conditioned at real sizes too
         for n, shape in (("q", (inner, d)), ("k", (inner, d)), ("v", (inner, d)), ("o", (d, inner))):
-            sd[f"{prefix}.{n}.weight"] = normal(*shape, std=shape[1] ** -0.5)
+            std = (d * cfg["d_kv"]) ** -0.5 if n == "q" else shape[1] ** -0.5
+            sd[f"{prefix}.{n}.weight"] = normal(*shape, std=std)
         if relative:
             sd[f"{prefix}.relative_attention_bias.weight"] = normal(cfg["relative_attention_num_buckets"],
                                                                     cfg["num_heads"], std=1.0)
