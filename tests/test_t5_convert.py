@@ -103,3 +103,31 @@ def test_convert_refusals(tmp_path):
         assert result.stderr.startswith("error: ") and match in result.stderr and result.stderr.count("\n") == 1
         assert "Traceback" not in result.stderr
     assert not any(p.name.startswith("m") for p in tmp_path.iterdir())  # nothing written
+
+
+def test_peft_lora_on_an_hf_gpt2_base(tmp_path):
+    """--base may be an HF GPT-2 folder: c_attn's Conv1D LoRA lands split in our q / k / v keys."""
+    from ppmerge.models.hf_gpt2 import convert_state_dict
+    from tests.test_models import write_hf_gpt2
+
+    rng = np.random.default_rng(13)
+    base_hf = write_hf_gpt2(tmp_path / "gpt2", rng, hidden=16, layers=2, heads=2)
+    modules = [f"transformer.h.{i}.attn.c_attn" for i in range(2)]
+    tensors = {}
+    for m in modules:
+        in_dim, out_dim = base_hf[m + ".weight"].shape
+        tensors[f"{P}{m}.lora_A.weight"] = rng.standard_normal((2, in_dim)).astype(np.float32)
+        tensors[f"{P}{m}.lora_B.weight"] = rng.standard_normal((out_dim, 2)).astype(np.float32)
+    adapter = write_adapter(tmp_path / "lora", peft_config(r=2, lora_alpha=2, fan_in_fan_out=True,
+                                                            target_modules=["c_attn"], task_type="SEQ_CLS"), tensors)
+    out = convert("--from", "peft-lora", "--to", "safetensors", "--input", adapter, "--base", tmp_path / "gpt2",
+                  "--output", tmp_path / "merged")
+    merged = load_numpy_state_dict(tmp_path / "merged.safetensors")
+    merged_hf = dict(base_hf)
+    for m in modules:
+        merged_hf[m + ".weight"] = base_hf[m + ".weight"] + (tensors[f"{P}{m}.lora_B.weight"].astype(np.float64)
+                                                            @ tensors[f"{P}{m}.lora_A.weight"]).T
+    expected = convert_state_dict(merged_hf)
+    assert sorted(merged) == sorted(expected) and "-o Model.num_classes=3" in out
+    for key in expected:
+        np.testing.assert_allclose(merged[key], expected[key], rtol=1e-5, atol=1e-5, err_msg=key)
