@@ -44,15 +44,17 @@ def _backbones(sds):
     return backbone, [{k: sds[t][k] for k in backbone} for t in TASKS]
 
 
-@pytest.mark.parametrize("name,params", [("task_singular_vectors", {"alpha": 1.0}), ("iso_c", {"scaling_factor": 1.0}),
-                                         ("iso_cts", {"scaling_factor": 1.0, "common_space_fraction": 0.8})])
-def test_data_free_svd_methods_through_the_tool(pool, glue_suite, tmp_path, capsys, name, params):
+@pytest.mark.parametrize("name,params,extra", [
+    ("task_singular_vectors", {"alpha": 1.0}, []), ("iso_c", {"scaling_factor": 1.0}, []),
+    ("iso_cts", {"scaling_factor": 1.0, "common_space_fraction": 0.8}, []),
+    ("wudi_merging", {"iter_num": 3, "lr": 1e-5}, ["Merge.iter_num=3"])])
+def test_data_free_methods_through_the_tool(pool, glue_suite, tmp_path, capsys, name, params, extra):
     from ppmerge.merge import get_method
     from ppmerge.models import load_numpy_state_dict
 
     paths, sds = pool
     out = str(tmp_path / "out")
-    report = run_config(name, paths, glue_suite["glue"], out)
+    report = run_config(name, paths, glue_suite["glue"], out, extra)
     assert f"| {name} |" in capsys.readouterr().out
     row = [r for r in report["rows"] if r["kind"] == "merged"][0]
     assert set(row["metrics"]) == set(TASKS) and report["params"] == params

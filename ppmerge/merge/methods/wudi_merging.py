@@ -50,10 +50,18 @@ def wudi_matrix(taus, iter_num=300, lr=1e-5, rows_are_outputs=False):
     merged = paddle.create_parameter(list(tvs.shape[1:]), "float32",
                                      default_initializer=paddle.nn.initializer.Assign(paddle.sum(tvs, axis=0)))
     optimizer = paddle.optimizer.Adam(learning_rate=lr, parameters=[merged], beta1=0.9, beta2=0.999, epsilon=1e-8)
+    rows, cols = stacked.shape[1:]
+    # ‖D Tᵀ‖²_F = Σ (D · TᵀT) ⊙ D: with more rows than columns (an embedding table's vocabulary) the
+    # [cols, cols] Gram matrix replaces the [rows, rows] product (GPT-2's 50k x 50k would need 10 GB per task).
+    grams = paddle.matmul(tvs, tvs, transpose_x=True) if rows > cols else None
     losses = []
     for _ in range(iter_num):
-        product = paddle.matmul(merged.unsqueeze(0) - tvs, tvs, transpose_y=True)
-        loss = paddle.sum(paddle.square(product) / norms)
+        disturbance = merged.unsqueeze(0) - tvs
+        if grams is None:
+            squares = paddle.square(paddle.matmul(disturbance, tvs, transpose_y=True))
+        else:
+            squares = paddle.matmul(disturbance, grams) * disturbance
+        loss = paddle.sum(squares / norms)
         optimizer.clear_grad()
         loss.backward()
         optimizer.step()
