@@ -150,7 +150,7 @@ def _run_jobs(cfg, tasks, jobs, root, weights, head, keep_metric):
             if labelled:
                 outputs[(task, split)] = engine.evaluate(dataset, tag=f"eval {task} {dataset.split}")
             else:
-                outputs[(task, split)] = engine.predict(dataset)
+                outputs[(task, split)] = module.submission_outputs(engine.predict(dataset))
     return outputs
 
 

@@ -23,8 +23,12 @@ def config_task(cfg):
     name = names["Train"] or names["Eval"]
     if not name:
         raise ConfigError("Data.Train.dataset.name: no task set (expected a GLUE task such as SST2)")
-    task = get_task(name)
-    if names["Train"] and names["Eval"] and get_task(names["Eval"]).name != task.name:
+    from ppmerge.data.tasks import dataset_task
+
+    sections = {mode: (data.get(mode) or {}).get("dataset") or {} for mode in ("Train", "Eval")}
+    task = dataset_task(sections["Train"] if names["Train"] else sections["Eval"],
+                        f"Data.{'Train' if names['Train'] else 'Eval'}.dataset")
+    if names["Train"] and names["Eval"] and dataset_task(sections["Eval"], "Data.Eval.dataset").name != task.name:
         raise ConfigError(f"Data.Eval.dataset.name is {names['Eval']!r} but Data.Train.dataset.name is "
                           f"{names['Train']!r}: train and eval must be the same task")
     return task
@@ -123,6 +127,19 @@ class FinetuneModule:
     def compute_metrics(self, outputs, labels):
         """Metric values of a whole split's outputs (GPT: + the eval loss)."""
         return self.family.evaluate(outputs, labels, self.task)
+
+    def submission_outputs(self, outputs):
+        """Predicted outputs -> class scores / STS-B scores for a GLUE submission (T5: the generated
+        answers mapped back to labels; an answer that is no label word is written as the first label,
+        and said on stderr)."""
+        import sys
+
+        scores, invalid = self.family.class_outputs(outputs, self.task)
+        if invalid:
+            fallback = self.task.labels[0] if self.task.labels else "0.000"
+            print(f"warning: {self.task.name}: {invalid} of {len(scores)} generated answers are not a valid label; "
+                  f"written as {fallback}", file=sys.stderr)
+        return scores
 
     def export(self, output_dir):
         """After training: a LoRA run writes output_dir/lora/ (adapter, merged model on request)."""

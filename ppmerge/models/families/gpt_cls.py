@@ -106,6 +106,11 @@ class GPTClassifier:
 
         return build_metric(((self.model_cfg.get("metric") or {}).get("eval") or {}).get("name") or task.metric)
 
+    @staticmethod
+    def class_outputs(outputs, task):
+        """Logits / scores are what a GLUE submission reads already: (outputs, 0 invalid)."""
+        return outputs, 0
+
     def evaluate(self, outputs, labels, task):
         """The metric's values on a whole split's logits, plus `loss` (the eval loss, mean over examples)."""
         from ppmerge.runtime import import_paddle

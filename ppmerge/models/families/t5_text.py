@@ -143,6 +143,29 @@ class T5Text:
 
         return GenerationMetric(task, self.prompts()[task.name], self.tokenizer())
 
+    def class_outputs(self, outputs, task):
+        """Generated ids [n, G] -> what a GLUE submission reads: one-hot scores [n, C] of the answer
+        word's class (an answer that is no label word gets an all-zero row, i.e. class 0), or STS-B
+        scores [n, 1] (unparseable -> 0.0, as FusionBench). Returns (array, number of invalid answers)."""
+        import numpy as np
+
+        from ppmerge.metrics import parse_float
+
+        texts = self.tokenizer().batch_decode(np.asarray(outputs).astype(np.int64))
+        targets = self.prompts()[task.name]["targets"]
+        if isinstance(targets, str):
+            parsed = [parse_float(t) for t in texts]
+            return np.array([[v] for v, _ in parsed], dtype=np.float32), sum(not ok for _, ok in parsed)
+        index = {w: i for i, w in enumerate(targets)}
+        scores = np.zeros((len(texts), len(targets)), dtype=np.float32)
+        invalid = 0
+        for row, text in zip(scores, texts):
+            if text in index:
+                row[index[text]] = 1.0
+            else:
+                invalid += 1
+        return scores, invalid
+
     def evaluate(self, outputs, labels, task):
         metric = self.metric(task)
         metric.update(outputs, labels)
