@@ -137,7 +137,8 @@ def test_gpt2_conv1d_fan_in_fan_out_and_modules_to_save(tmp_path):
 
 
 def test_our_gpt_layout_round_trip(tmp_path):
-    """GPT targets q_proj / v_proj in our keys ([in, out]); save_adapter → read_adapter is exact, also as .pdparams."""
+    """GPT targets q_proj / v_proj in our keys ([in, out]); save_adapter → read_adapter is exact, also as
+    .pdparams."""
     from ppmerge.models.peft_lora import merge_and_unload, read_adapter, save_adapter
 
     rng = np.random.default_rng(7)

@@ -61,11 +61,12 @@ def test_shortest_model_overrides_round_trip():
     assert t5_model_overrides(tiny) == {"name": "t5-tiny", "vocab_size": 517}
     rng = np.random.default_rng(0)
     for _ in range(300):
-        arch = resolve_t5_arch({"name": "t5-tiny", "d_model": int(rng.integers(8, 900)), "d_kv": int(rng.integers(4, 70)),
-                                "num_layers": int(rng.integers(1, 30)), "num_decoder_layers": int(rng.integers(1, 30)),
-                                "num_heads": int(rng.integers(1, 20)), "vocab_size": int(rng.choice([1000, 32128, 77])),
-                                "tie_word_embeddings": bool(rng.integers(2)), "dropout_rate": float(rng.choice([0, 0.1])),
-                                "feed_forward_proj": str(rng.choice(["relu", "gated-gelu"]))})
+        arch = resolve_t5_arch({
+            "name": "t5-tiny", "d_model": int(rng.integers(8, 900)), "d_kv": int(rng.integers(4, 70)),
+            "num_layers": int(rng.integers(1, 30)), "num_decoder_layers": int(rng.integers(1, 30)),
+            "num_heads": int(rng.integers(1, 20)), "vocab_size": int(rng.choice([1000, 32128, 77])),
+            "tie_word_embeddings": bool(rng.integers(2)), "dropout_rate": float(rng.choice([0, 0.1])),
+            "feed_forward_proj": str(rng.choice(["relu", "gated-gelu"]))})
         assert resolve_t5_arch(t5_model_overrides(arch)) == arch
 
 
@@ -73,7 +74,8 @@ def test_config_and_key_layout_match_paddlenlp(paddle):
     from ppmerge.models.t5 import build_t5, make_t5_config, t5_state_shapes
 
     config = make_t5_config({"name": "t5-tiny", "vocab_size": 300})
-    assert (config.pad_token_id, config.eos_token_id, config.bos_token_id, config.decoder_start_token_id) == (0, 1, 0, 0)
+    ids = (config.pad_token_id, config.eos_token_id, config.bos_token_id, config.decoder_start_token_id)
+    assert ids == (0, 1, 0, 0)
     for cfg in ({"name": "t5-tiny", "vocab_size": 300},
                 {"name": "t5-tiny", "vocab_size": 50, "feed_forward_proj": "relu", "tie_word_embeddings": True,
                  "num_decoder_layers": 3}):

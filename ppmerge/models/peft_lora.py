@@ -326,7 +326,8 @@ def read_adapter(folder):
 
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
-        raise CheckpointError(f"{folder}: expected a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)")
+        raise CheckpointError(f"{folder}: expected a PEFT LoRA folder "
+                              f"(adapter_config.json + adapter_model.safetensors)")
     path = os.path.join(folder, CONFIG_FILE)
     try:
         with open(path, encoding="utf-8") as f:
@@ -525,7 +526,8 @@ def load_adapter_into_lora_model(lora_model, adapter):
             raise CheckpointError(f"{adapter.source}: modules_to_save weight {key} is not in the model")
     for key, layer in by_key.items():
         if key not in adapter.targets:
-            raise CheckpointError(f"{adapter.source}: no LoRA weights for the model's LoRA layer {key[:-len('.weight')]}")
+            raise CheckpointError(f"{adapter.source}: no LoRA weights for the model's LoRA layer "
+                                  f"{key[:-len('.weight')]}")
         target = adapter.targets[key]
         if not math.isclose(float(layer.scaling), target.scale, rel_tol=1e-6):
             raise CheckpointError(f"{adapter.source}: {key}: adapter scale {target.scale} but the LoRA layer's "
