@@ -103,6 +103,26 @@ def _makedirs(folder):
         raise OutputError(f"{folder}: exists and is not a folder") from None
 
 
+def current_umask():
+    """The process umask, read without changing it (/proc on Linux; else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(tmp, folder=False):
+    """mkstemp / mkdtemp make 0600 / 0700; the final file or folder gets what open() / mkdir would
+    give: 0666 / 0777 less the user's umask (e.g. 0644 / 0755 under umask 022)."""
+    os.chmod(tmp, (0o777 if folder else 0o666) & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success it is renamed to `path`, on error removed.
@@ -120,6 +140,7 @@ def atomic_path(path):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _honour_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -180,6 +201,7 @@ def atomic_dir(path, kind=None):
             with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
                 f.write(_marker_text(kind))
         moved = False
+        _honour_umask(tmp, folder=True)
         if where == parent:
             try:
                 os.rename(tmp, path)
