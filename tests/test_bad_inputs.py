@@ -476,6 +476,18 @@ def _(ctx):
     return ctx.train(f"Engine.save_load.ckpt_dir={ctx.path('ck')}"), "ck"
 
 
+@case("resume-from-nan-checkpoint", "train")
+def _(ctx):
+    from ppmerge.models.safe_pickle import write_pickle
+
+    folder = ctx.path("ck_nan")
+    os.makedirs(folder)
+    ctx.nan_model("ck_nan/model.pdparams")
+    write_pickle({}, os.path.join(folder, "model_state.pdopt"))
+    write_pickle({"epoch": 0}, os.path.join(folder, "meta_state.pdopt"))
+    return ctx.train(f"Engine.save_load.ckpt_dir={folder}"), "ck_nan/model.pdparams"
+
+
 # --- eval
 @case("no-weights", "eval")
 def _(ctx):

@@ -93,6 +93,9 @@ def load_checkpoint(folder, model, optimizer=None, scaler=None):
             raise CheckpointError(f"Engine.save_load.ckpt_dir: {os.path.join(folder, name)} not found "
                                   f"(expected a folder written by training: {MODEL_FILE}, {OPTIMIZER_FILE}, {META_FILE})")
     weights = load_state_dict(os.path.join(folder, MODEL_FILE))
+    from ppmerge.models.checkpoint import check_finite
+
+    check_finite({key: value.numpy() for key, value in weights.items()}, os.path.join(folder, MODEL_FILE))
     expected = set(model.state_dict())
     if set(weights) != expected:
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)

@@ -119,9 +119,9 @@ class Engine:
     def fit(self, train_dataset, eval_dataset=None):
         """Train on `train_dataset`, evaluating on `eval_dataset`; returns a summary dict."""
         paddle = self.paddle
-        train_dataset_checks(train_dataset)
-        if eval_dataset is not None and hasattr(eval_dataset, "require_labels"):
-            eval_dataset.require_labels("evaluation during training")
+        require_labels(train_dataset, "training")
+        if eval_dataset is not None:
+            require_labels(eval_dataset, "evaluation during training")
         if self.is_main:  # before any work: refuses a folder of someone else's files, read-only, full
             self.prepare_output_dir(mark=False)
         trace = _Trace(self.rank) if os.environ.get("PPMERGE_TRACE_DIR") else None
@@ -288,8 +288,7 @@ class Engine:
         paddle = self.paddle
         start = time.perf_counter()
         count = self.eval_iters * self._eval_batch_size() if self.eval_iters > 0 else None
-        if hasattr(dataset, "require_labels"):
-            dataset.require_labels("evaluation")
+        require_labels(dataset, "evaluation")
         logits, labels = self._eval_outputs(dataset, count)
         if not len(labels):
             where = getattr(dataset, "path", None) or f"{self.module.task.name} {getattr(dataset, 'split', 'eval')}"
@@ -349,10 +348,13 @@ class TrainingDiverged(UserError):
     """The training loss became NaN / Inf."""
 
 
-def train_dataset_checks(dataset):
-    """A training set must have examples and labels (a test split has none)."""
+def require_labels(dataset, purpose):
+    """DataError naming the split (and file) when `dataset` has no labels (a test split) but `purpose` needs them."""
     if hasattr(dataset, "require_labels"):
-        dataset.require_labels("training")
+        dataset.require_labels(purpose)
+    elif getattr(dataset, "has_labels", True) is False:
+        raise DataError(f"the {getattr(dataset, 'split', '')} split has no labels, but {purpose} needs them "
+                        f"(use a labelled split: train, dev, dev_matched, dev_mismatched)")
 
 
 def _value(section, key, default):
