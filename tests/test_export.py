@@ -76,7 +76,7 @@ def test_hf_export_matches_numpy_gpt2_forward(paddle, tmp_path):
     assert config["architectures"] == ["GPT2ForSequenceClassification"] and config["model_type"] == "gpt2"
     assert (config["n_embd"], config["n_layer"], config["n_head"], config["n_inner"], config["vocab_size"],
             config["n_positions"]) == (32, 2, 4, 64, 120, 32)
-    assert config["pad_token_id"] == 50256 and len(config["id2label"]) == 3
+    assert config["pad_token_id"] == 50256 and config["num_labels"] == len(config["id2label"]) == 3
     assert safetensors_header(folder / "model.safetensors")["__metadata__"] == {"format": "pt"}
     hf = load_numpy_state_dict(folder / "model.safetensors")
     assert hf["score.weight"].shape == (3, 32) and hf["transformer.h.0.attn.c_attn.weight"].shape == (32, 96)
@@ -177,6 +177,20 @@ def test_fleetx_export_is_the_inverse_of_the_import(paddle, tmp_path):
     assert list(back) == list(original)
     for key, value in original.items():
         assert back[key].dtype == np.float16 and back[key].tobytes() == value.tobytes(), key
+    # a merged model: one FleetX file per task, each with its own head
+    merged = {k: v for k, v in sd.items() if k != "score.weight"}
+    merged["heads.RTE.score.weight"] = sd["score.weight"]
+    merged["heads.QNLI.score.weight"] = -sd["score.weight"]
+    save_state_dict(merged, tmp_path / "merged.pdparams")
+    convert("--from", "ppmerge", "--to", "fleetx", "--input", tmp_path / "merged.pdparams", "--output",
+            tmp_path / "fx_tasks", "--num-heads", 4)
+    assert sorted(os.listdir(tmp_path / "fx_tasks")) == ["QNLI", "RTE"]
+    qnli = load_numpy_state_dict(tmp_path / "fx_tasks" / "QNLI" / "model.pdparams")
+    np.testing.assert_array_equal(qnli["score.weight"], -sd["score.weight"])
+    want = fleetx.fuse_state_dict(sd, num_heads=4)
+    assert sorted(qnli) == sorted(want)
+    np.testing.assert_array_equal(qnli["gpt.decoder.layers.1.self_attn.qkv_proj.weight"],
+                                  want["gpt.decoder.layers.1.self_attn.qkv_proj.weight"])
 
 
 @pytest.mark.parametrize("ext", ["pdparams", "safetensors"])

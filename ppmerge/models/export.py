@@ -154,7 +154,7 @@ def hf_config(arch, num_classes=None, task=None, dtype="float32"):
     }
     if num_classes:
         id2label = _labels(task, num_classes)
-        config.update(id2label=id2label, label2id={v: int(k) for k, v in id2label.items()},
+        config.update(num_labels=num_classes, id2label=id2label, label2id={v: int(k) for k, v in id2label.items()},
                       problem_type="regression" if num_classes == 1 else "single_label_classification")
     if task:
         config["finetuning_task"] = task
