@@ -30,6 +30,7 @@ _START = time.time()
 _TEMP = re.compile(r"^\..+\.ppm(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp(\.old)?$")
 _LEGACY_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.old)?$")
 _cleaned = set()
+_STAGING = "ppmerge-staging"  # the temporary folder inside an existing output folder: .ppmerge-staging.ppm<pid>-<random>.tmp
 
 
 class OutputError(UserError):
@@ -194,7 +195,8 @@ def atomic_dir(path, kind=None):
     where = path if os.path.isdir(path) else parent
     if where == path:
         _clean_once(path)
-    tmp = tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=where)
+    # named after the folder it becomes, or a staging area inside the existing folder
+    tmp = tempfile.mkdtemp(prefix=_temp_prefix(path if where == parent else _STAGING), suffix=".tmp", dir=where)
     try:
         yield tmp
         if kind:
@@ -327,10 +329,12 @@ def _public_name(path):
     """A temporary's name shown as the file it stands for (users never saw the temporary name)."""
     if not path:
         return path
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    match = re.match(r"^\.(.+)\.ppm\d+-[A-Za-z0-9_]+\.tmp(\.old)?$", name)
-    return os.path.join(folder, match.group(1)) if match else path
+    parts = os.fspath(path).split(os.sep)
+    for i, name in enumerate(parts):
+        match = re.match(r"^\.(.+)\.ppm\d+-[A-Za-z0-9_]+\.tmp(\.old)?$", name)
+        if match:
+            parts[i] = match.group(1)
+    return os.sep.join(p for p in parts if p != _STAGING)
 
 
 def mark_output_dir(path, kind):

@@ -974,3 +974,22 @@ def test_old_style_temporaries_are_removed_only_in_marked_outputs(tmp_path):
                                                                  ".report.json.k2j4h5g6.tmp"]
     assert sorted(os.listdir(tmp_path / "ours")) == [".fresh.pdparams.zzzz9999.tmp", ".ppmerge-output"]
     assert len(os.listdir(tmp_path / "user")) == 3
+
+
+def test_error_lines_name_the_real_file_not_the_temporary(tmp_path, monkeypatch):
+    """A disk error while a folder is written names the file the user will look for."""
+    import errno
+
+    from ppmerge.cli import error_line
+    from ppmerge.fileio import atomic_dir, atomic_path
+
+    for existing in (False, True):
+        out = tmp_path / f"out{existing}"
+        if existing:
+            out.mkdir()
+        with pytest.raises(OSError) as info:
+            with atomic_dir(out) as tmp:
+                with atomic_path(os.path.join(tmp, "model.pdparams")) as part:
+                    raise OSError(errno.ENOSPC, "No space left on device", part)
+        assert error_line(info.value) == f"{out}/model.pdparams: no space left on device (free some space or write elsewhere)"
+        assert os.listdir(out) == [] if existing else not out.exists()
