@@ -137,3 +137,99 @@ def test_adamerging_refuses_other_model_families(pool, glue_suite):
     with pytest.raises(UserError, match="adamerging runs on GPT classifiers only|t5"):
         get_method("adamerging")(base, models, context=context(task_pool(glue_suite["glue"]), sds,
                                                                 model_cfg={"name": "t5-tiny"}), max_steps=1)
+
+
+# ---- RegMean++ --------------------------------------------------------------------------------------
+def _pool_cfg(tp_model, data_root):
+    from ppmerge.evaluation.task_pool import TaskPool
+
+    return TaskPool(TASKS, dict(tp_model), data_root=data_root, layout="glue", batch_size=8, max_length=32,
+                    max_examples=8, progress=False)
+
+
+def _inputs(tp, task, backbone, head, layer_name, n, batch_size, seed):
+    """The raw inputs (real tokens) of one Linear, as numpy [tokens, in] (an independent hook)."""
+    import paddle
+
+    model = tp.load_model(task, backbone, head)
+    layer = dict(model.named_sublayers())[layer_name]
+    rows = []
+
+    def hook(_, inputs):
+        rows.append(inputs[0].numpy())
+
+    handle = layer.register_forward_pre_hook(hook)
+    out = []
+    try:
+        with paddle.no_grad():
+            for batch in tp.train_batches(task, n, batch_size, seed=seed):
+                rows.clear()
+                model(paddle.to_tensor(batch["input_ids"]), paddle.to_tensor(batch["lengths"]))
+                x = rows[0]
+                out += [x[r, :length] for r, length in enumerate(batch["lengths"])]
+    finally:
+        handle.remove()
+    return np.concatenate(out).astype(np.float64)
+
+
+def _lstsq_weight(xs, ws):
+    """argmin_W Σ_i ‖X_i W − X_i W_i‖² / n_i (stacked least squares)."""
+    a = np.concatenate([x / np.sqrt(len(x)) for x in xs])
+    b = np.concatenate([x @ w.astype(np.float64) / np.sqrt(len(x)) for x, w in zip(xs, ws)])
+    return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+def _regmean_context(tp, sds, seed=3):
+    return context(tp, sds, model_cfg=tp.model_cfg, seed=seed)
+
+
+def test_regmean_plusplus_is_regmean_on_one_layer(tmp_path, glue_suite):
+    from ppmerge.merge import get_method
+
+    cfg = {"name": "gpt-tiny", "num_layers": 1}
+    paths, sds = make_pool(str(tmp_path), seed=1)  # (its heads; the backbones are one-block ones made here)
+    # one block; embeddings and final norm equal to the base in every model, so block 0's inputs match
+    import paddle
+
+    from ppmerge.models import build_model
+
+    paddle.seed(1)
+    base = {k: v.numpy() for k, v in build_model(cfg, 2).state_dict().items() if k != "score.weight"}
+    rng = np.random.default_rng(0)
+    models = [{k: (v + rng.normal(0, 0.05, v.shape)).astype(v.dtype) if ".layers." in k else v
+               for k, v in base.items()} for _ in TASKS]
+    tp = _pool_cfg(cfg, glue_suite["glue"])
+    params = dict(num_regmean_examples=8, batch_size=8, reduce_non_diagonal_ratio=0.6)
+    plus = get_method("regmean_plusplus")(base, models, context=_regmean_context(tp, sds), **params)
+    plain = get_method("regmean")(base, models, context=_regmean_context(tp, sds), **params)
+    for key in base:
+        np.testing.assert_allclose(plus[key], plain[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_regmean_plusplus_two_layers_against_lstsq_per_layer(tmp_path, glue_suite):
+    from ppmerge.merge import get_method
+
+    paths, sds = make_pool(str(tmp_path), seed=2)
+    base, models = backbones(sds)
+    tp = _pool_cfg(MODEL_CFG, glue_suite["glue"])
+    heads = [{"score.weight": sds[t]["score.weight"]} for t in TASKS]
+    params = dict(num_regmean_examples=8, batch_size=8, reduce_non_diagonal_ratio=1.0)
+    plus = get_method("regmean_plusplus")(base, models, context=_regmean_context(tp, sds), **params)
+    plain = get_method("regmean")(base, models, context=_regmean_context(tp, sds), **params)
+    emb = "gpt.embeddings.word_embeddings.weight"
+    np.testing.assert_allclose(plus[emb], np.mean([m[emb] for m in models], axis=0), rtol=1e-6, atol=1e-7)
+    for block in (0, 1):
+        below = {k: v for k, v in plus.items() if ".layers." not in k and "decoder.norm" not in k}
+        below.update({k: v for k, v in plus.items() if any(f".layers.{b}." in k for b in range(block))})
+        for linear in ("self_attn.q_proj", "linear2"):
+            name = f"gpt.decoder.layers.{block}.{linear}"
+            xs = [_inputs(tp, t, {**m, **below}, h, name, 8, 8, 3) for t, m, h in zip(TASKS, models, heads)]
+            expected = _lstsq_weight(xs, [m[f"{name}.weight"] for m in models])
+            np.testing.assert_allclose(plus[f"{name}.weight"], expected, rtol=2e-3, atol=2e-4, err_msg=name)
+            bias = f"{name}.bias"
+            np.testing.assert_allclose(plus[bias], np.mean([m[bias] for m in models], axis=0), rtol=1e-6, atol=1e-7)
+    # the documented difference: the inputs come from merged layers, so the Linear weights move away from
+    # plain RegMean's (which uses each model's own layers below)
+    for block in (0, 1):
+        key = f"gpt.decoder.layers.{block}.linear1.weight"
+        assert np.abs(plus[key] - plain[key]).max() > 1e-4, key

@@ -124,3 +124,24 @@ def test_adamerging_through_the_tool_reports_and_reuses_its_table(pool, glue_sui
     assert [r for r in report2["rows"] if r["kind"] == "merged"][0]["method_info"]["adamerging"]["steps"] == 0
     for key, value in first.items():
         np.testing.assert_allclose(second[key], value, rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_regmean_plusplus_through_the_tool(pool, glue_suite, tmp_path):
+    from ppmerge.models import load_numpy_state_dict
+
+    paths, sds = pool
+    out = str(tmp_path / "out")
+    report = run_config("regmean_plusplus", paths, glue_suite["glue"], out,
+                        ["Merge.num_regmean_examples=8", "Merge.batch_size=8"])
+    row = [r for r in report["rows"] if r["kind"] == "merged"][0]
+    assert set(row["metrics"]) == set(TASKS) and row["average"] is not None
+    merged = load_numpy_state_dict(os.path.join(out, "merged_model.pdparams"))
+    backbone, models = _backbones(sds)
+    from ppmerge.merge import MergeContext, get_method
+
+    ctx = MergeContext(task_names=TASKS, heads=[{"score.weight": sds[t]["score.weight"]} for t in TASKS],
+                       task_pool=_task_pool(glue_suite["glue"]), model_cfg=dict(MODEL_CFG),
+                       seed=report["config"]["Global"]["seed"])
+    expected = get_method("regmean_plusplus")(backbone, models, context=ctx, num_regmean_examples=8, batch_size=8)
+    for key in backbone:
+        np.testing.assert_allclose(merged[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
