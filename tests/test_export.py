@@ -300,3 +300,21 @@ def test_merge_output_dtype(tmp_path, dtype):
         assert f"heads.{task}.score.weight" in merged
     model = build_model({"name": "gpt-tiny"}, 2)
     load_pretrained(model, result["model_file"], task="SST2")  # reads back into a float32 model
+
+
+def test_a_float16_pool_gives_a_float16_model(tmp_path):
+    from ppmerge.config.merge_schema import MERGE_SCHEMA
+    from ppmerge.config.schema import validate
+    from ppmerge.merge.runner import run_merge
+    from test_merge_runner_support import make_pool, raw_config
+
+    paths, sds = make_pool(str(tmp_path / "pool"), tasks=["SST2", "MNLI"])
+    for name, sd in sds.items():
+        save_state_dict({k: v.astype(np.float16) for k, v in sd.items()}, paths[name])
+    raw = raw_config(paths, str(tmp_path / "no-data"), str(tmp_path / "out"), tasks=["SST2", "MNLI"])
+    raw["TaskPool"]["tasks"] = []
+    merged = load_numpy_state_dict(run_merge(validate(raw, MERGE_SCHEMA), progress=False)["model_file"])
+    assert {v.dtype for v in merged.values()} == {np.dtype(np.float16)}  # Output.dtype null: the base's
+    key = "gpt.decoder.layers.0.linear1.weight"
+    mean = (sds["SST2"][key].astype(np.float16).astype(np.float32) + sds["MNLI"][key].astype(np.float16)) / 2
+    np.testing.assert_allclose(merged[key].astype(np.float32), mean, rtol=1e-3, atol=1e-4)
