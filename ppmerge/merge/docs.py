@@ -12,7 +12,8 @@ END = "<!-- methods:end -->"
 # README order: the linear family, task-vector methods, sparsified, then data-dependent.
 ORDER = ["simple_average", "weighted_average", "task_arithmetic", "ties_merging", "dare_simple_average",
          "dare_task_arithmetic", "dare_ties_merging", "cabs", "breadcrumbs", "breadcrumbs_ties", "della",
-         "della_linear", "slerp", "multislerp", "karcher", "model_stock", "fisher_merging", "regmean",
+         "della_linear", "slerp", "multislerp", "karcher", "model_stock", "task_singular_vectors", "iso_c", "iso_cts",
+         "wudi_merging", "emr_merging", "fisher_merging", "regmean", "regmean_plusplus", "adamerging",
          "simple_ensemble"]
 
 
@@ -33,6 +34,7 @@ def methods_markdown():
     for name in names:
         method = METHODS[name]
         kind = " *(uses the task pool's train data)*" if method.data_dependent else ""
+        kind = getattr(method.fn, "data_note", kind)  # a data-dependent method that reads other data, or none
         params = "<br>".join(_param_line(p, spec) for p, spec in method.params.items())
         lines.append(f"| `{name}` | {method.doc.replace('|', '/')}{kind} | {params or '—'} |")
     return "\n".join(lines) + "\n"

@@ -222,3 +222,6 @@ def adamerging(base, models, *, context, granularity="task_wise", init=0.3, clam
         table["keys"] = keys
     out.method_info = {"adamerging": table}
     return out
+
+
+adamerging.data_note = " *(uses each task's unlabelled eval inputs, never a label)*"

@@ -157,3 +157,6 @@ def emr_merging(base, models, *, context):
     scales = np.divide(own, kept, out=np.zeros(n), where=kept > 0)
     host_base = {k: _host(v) for k, v in base.items()}
     return EMRModel(host_base, tau_uni, packed, scales, context.task_names)
+
+
+emr_merging.data_note = " *(reads no data: needs the pool's task names; one model per task)*"
