@@ -74,6 +74,7 @@ def main(argv=None):
     out_dir = args.output_dir or (weights if os.path.isdir(weights) else os.path.dirname(os.path.abspath(weights)))
 
     from ppmerge.data import TASK_NAMES, data_file, get_task, normalize_split
+    from ppmerge.data.tasks import dataset_task
     from ppmerge.errors import DataError
     from ppmerge.engine.submission import SUBMISSION_FILES, submission_name, submission_splits
 
@@ -81,12 +82,12 @@ def main(argv=None):
     split = args.split or eval_ds.get("split") or "dev"
     if args.tasks:
         names = TASK_NAMES if [t.lower() for t in args.tasks] == ["all"] else args.tasks
-        tasks = list(dict.fromkeys(get_task(t).name for t in names))
+        tasks = list({get_task(t).name: get_task(t) for t in names}.values())
         root = args.data_root or task_eval.data_root_for(eval_ds["root"])
     else:
-        tasks = [get_task(eval_ds["name"]).name]
+        tasks = [dataset_task(eval_ds, "Data.Eval.dataset")]  # a GLUE task, or a custom dataset's
         root = args.data_root or eval_ds["root"]
-    complete = bool(args.tasks) and split == "test" and set(tasks) == set(TASK_NAMES)
+    complete = bool(args.tasks) and split == "test" and {t.name for t in tasks} == set(TASK_NAMES)
     run_config = task_eval.find_run_config(weights)
     trained = task_eval.trained_task(task_eval.read_run_config(run_config)) if run_config else None
     keep_metric = any(o.split("=", 1)[0].strip() == "Model.metric.eval.name" for o in args.override)
@@ -106,7 +107,7 @@ def main(argv=None):
                     continue  # AX only when its file is there, unless the submission must be complete
             path, columns, _ = data_file(task, root, s)
             labelled = columns.label is not None
-            name = f"eval_results_{task}_{s}.json" if labelled else submission_name(task, s)
+            name = f"eval_results_{task.name}_{s}.json" if labelled else submission_name(task, s)
             jobs.append((task, s, name, labelled))
     names = [name for *_, name, _ in jobs] + (["glue_submission.zip"] if complete else [])
     _check_outputs(args, out_dir, names)
@@ -144,13 +145,13 @@ def _run_jobs(cfg, tasks, jobs, root, weights, head, keep_metric):
             module = FinetuneModule(task_cfg)
         engine = Engine(task_cfg, module)
         for job_task, split, _, labelled in jobs:
-            if job_task != task:
+            if job_task.name != task.name:
                 continue
             dataset = build_dataset(task_cfg, "Eval", split)
             if labelled:
-                outputs[(task, split)] = engine.evaluate(dataset, tag=f"eval {task} {dataset.split}")
+                outputs[(task.name, split)] = engine.evaluate(dataset, tag=f"eval {task.name} {dataset.split}")
             else:
-                outputs[(task, split)] = module.submission_outputs(engine.predict(dataset))
+                outputs[(task.name, split)] = module.submission_outputs(engine.predict(dataset))
     return outputs
 
 
@@ -160,10 +161,10 @@ def _write(out_dir, jobs, outputs, weights, head):
 
     written = []
     for task, split, name, labelled in jobs:
-        value = outputs[(task, split)]
+        value = outputs[(task.name, split)]
         path = os.path.join(out_dir, name)
         if labelled:
-            record = dict(value, task=task, split=split, model=weights, head=head or task)
+            record = dict(value, task=task.name, split=split, model=weights, head=head or task.name)
             write_text(path, json.dumps(record, indent=2) + "\n")
         else:
             path = write_submission(out_dir, task, split, value)

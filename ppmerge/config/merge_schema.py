@@ -46,6 +46,9 @@ MERGE_SCHEMA = Section({
         "layout": Field(str, default="glue", choices=["glue", "fleetx"]),
         "roots": Field(dict, default=None, nullable=True, help="per-task dataset folder overrides"),
         "split": Field(str, default="dev"),
+        "datasets": Field(dict, default=None, nullable=True,
+                          help="custom datasets {task name: {format, files, text_columns, label_column, labels, "
+                               "metric, root}}: tasks of the pool's models and of TaskPool.tasks"),
         "splits": Field(dict, default=None, nullable=True,
                         help="per-task split overrides, e.g. {MNLI: dev_mismatched}"),
         "batch_size": Field(int, default=32, min=1),

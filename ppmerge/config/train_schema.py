@@ -26,6 +26,14 @@ def _data(split, shuffle, drop_last, help):
             "root": Field(str, help="folder of the task's files"),
             "split": Field(str, default=split, help="train, dev, dev_matched, dev_mismatched or test"),
             "max_length": Field(int, default=128, min=1, help="tokens per example after truncation (at most the model's max_position_embeddings)"),
+            # name: custom -- a dataset from local files (ppmerge.data.custom); ignored for GLUE tasks
+            "task_name": Field(str, default=None, nullable=True, help="custom: the task's name in results (default custom)"),
+            "format": Field(str, default=None, nullable=True, help="custom: tsv | csv | jsonl | parquet"),
+            "files": Field(dict, default=None, nullable=True, help="custom: {train: path, dev: path, test: path} (relative: under root)"),
+            "text_columns": Field(list, default=None, nullable=True, help="custom: one or two text column names"),
+            "label_column": Field(str, default=None, nullable=True, help="custom: the label column (default label)"),
+            "labels": Field((list, str), default=None, nullable=True, help="custom: class names in class-id order, or regression"),
+            "metric": Field(str, default=None, nullable=True, help="custom: Accuracy | Mcc | AccuracyAndF1 | PearsonAndSpearman"),
         }),
         "sampler": Section({
             "name": Field(str, default="DistributedBatchSampler", choices=["DistributedBatchSampler"],

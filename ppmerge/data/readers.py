@@ -143,10 +143,25 @@ def _diagnostic_file(root):
                     f"{_GLUE_WHERE}; the AX submission file is predicted from it with the MNLI head)")
 
 
+def _other_source(task, root, split):
+    """The reader module of a custom dataset (`ppmerge.data.custom`) or of GLUE in the Hugging Face
+    parquet layout (`ppmerge.data.hf_parquet`), or None for the GLUE-zip / FleetX files."""
+    from ppmerge.data import custom, hf_parquet
+
+    if isinstance(task, custom.CustomTaskSpec):
+        return custom
+    if root is not None and hf_parquet.task_folder(task, root, split) is not None:
+        return hf_parquet
+    return None
+
+
 def data_file(task, root, split):
     """(path, Columns, layout) of the file that holds `split`; DataError if it is not there."""
     task = get_task(task)
     split = normalize_split(task, split)
+    other = _other_source(task, root, split)  # custom datasets, the Hugging Face parquet layout
+    if other is not None:
+        return other.data_file(task, root, split)
     root = _resolve_root(task, os.fspath(root))
     if split == "diagnostic":
         return _diagnostic_file(root)
@@ -191,6 +206,9 @@ def read_examples(task, root, split):
     MNLI rows whose gold label is '-' (no annotator majority) are skipped, as GLUE does."""
     task = get_task(task)
     split = normalize_split(task, split)
+    other = _other_source(task, root, split)
+    if other is not None:
+        return other.read_examples(task, root, split)
     path, cols, _ = data_file(task, root, split)
     wanted = [c for c in (cols.a, cols.b, cols.label) if c is not None and c >= 0]
     examples = []

@@ -66,3 +66,13 @@ def get_task(name):
         raise UserError(f"unknown GLUE task {name!r}: expected one of {', '.join(TASK_NAMES)} "
                         f"(GLUE's names SST-2, STS-B are accepted too, any case)")
     return TASKS[canonical]
+
+
+def dataset_task(section, where="dataset"):
+    """The task of a dataset config section: a GLUE task by `name`, or with `name: custom` the
+    CustomTaskSpec its keys describe (`ppmerge.data.custom`)."""
+    from ppmerge.data.custom import custom_task, is_custom
+
+    if is_custom(section):
+        return custom_task(section, where)
+    return get_task((section or {}).get("name"))

@@ -26,7 +26,9 @@ def build_dataset(cfg, mode, split=None):
     if not section or not section.get("dataset"):
         raise ConfigError(f"Data.{mode}.dataset: missing (expected name, root, split, max_length)")
     ds = section["dataset"]
-    return family_of_config(cfg).dataset(ds["name"], ds["root"], split or ds.get("split") or "train",
+    from ppmerge.data.tasks import dataset_task
+
+    return family_of_config(cfg).dataset(dataset_task(ds, f"Data.{mode}.dataset"), ds["root"], split or ds.get("split") or "train",
                                          max_length=int(_value(ds, "max_length", 128)))
 
 

@@ -33,6 +33,8 @@ def submission_splits(task):
 
 def submission_name(task, split):
     task = get_task(task)
+    if task.name not in _FILE_NAMES and task.name != "MNLI":  # a custom dataset: <task>.tsv, same format
+        return f"{task.name}.tsv"
     if task.name == "MNLI":
         key = (task.name, "test_matched" if split == "test" else split)
         if key not in _FILE_NAMES:
@@ -48,7 +50,8 @@ def prediction_strings(task, outputs):
     if not np.all(np.isfinite(outputs)):
         raise UserError(f"{task.name}: the model's outputs contain NaN / Inf: no submission written")
     if task.is_regression:
-        return [f"{score:.3f}" for score in np.clip(outputs.reshape(-1), *STSB_RANGE)]
+        scores = outputs.reshape(-1)
+        return [f"{score:.3f}" for score in (np.clip(scores, *STSB_RANGE) if task.name == "STSB" else scores)]
     return [task.labels[i] for i in outputs.argmax(axis=-1)]
 
 

@@ -46,15 +46,24 @@ def read_run_config(path):
 
 def trained_task(run_cfg):
     """The task name a run fine-tuned on (`Data.Train.dataset.name`), or None."""
+    from ppmerge.data.custom import is_custom
+
     data = (run_cfg or {}).get("Data") or {}
     dataset = ((data.get("Train") or {}).get("dataset") or {})
+    if is_custom(dataset):
+        return dataset.get("task_name") or "custom"
     return dataset.get("name")
 
 
 def _task_name(task):
+    """A GLUE task's canonical name; a custom task's (or unknown) name as it is."""
     from ppmerge.data import get_task
+    from ppmerge.errors import UserError
 
-    return get_task(task).name
+    try:
+        return get_task(task).name
+    except UserError:
+        return str(task)
 
 
 def head_names(weights, head_keys=r"^score\."):
@@ -103,12 +112,17 @@ def configure_for_task(cfg, task, root=None, keep_metric=False):
 
     from ppmerge.data import get_task
 
+    from ppmerge.data.custom import CustomTaskSpec
+
     spec = get_task(task)
     cfg = copy.deepcopy(cfg)
     data = cfg.setdefault("Data", {})
     for mode in ("Train", "Eval"):
         section = data.get(mode)
-        if section and section.get("dataset"):
+        if isinstance(spec, CustomTaskSpec):  # the custom dataset's section describes it: keep it
+            if section and section.get("dataset") and mode == "Train":
+                section["dataset"] = copy.deepcopy(data["Eval"]["dataset"])
+        elif section and section.get("dataset"):
             section["dataset"]["name"] = spec.name
     if root is not None:
         data["Eval"]["dataset"]["root"] = root

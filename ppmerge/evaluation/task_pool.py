@@ -8,6 +8,7 @@ Heads are never merged: `heads` maps a task to its head state dict (`score.weigh
 Data-dependent merge methods read training batches through `train_batches` and build a model for a
 task with `load_model`.
 """
+import os
 import sys
 import time
 
@@ -25,6 +26,7 @@ DEFAULTS = {
     "roots": None,
     "split": "dev",
     "splits": None,
+    "datasets": None,     # {task name: custom dataset section} (ppmerge.data.custom)
     "batch_size": 32,
     "max_length": 128,
     "max_examples": -1,
@@ -40,8 +42,9 @@ DEFAULTS = {
 class TaskPool:
     def __init__(self, tasks, model, data_root="./dataset", layout="glue", roots=None, split="dev",
                  batch_size=32, max_length=128, max_examples=-1, tokenizer=None, num_workers=0,
-                 seed=1024, progress=True, splits=None, prompts=None, generation=None):
+                 seed=1024, progress=True, splits=None, prompts=None, generation=None, datasets=None):
         from ppmerge.data import get_task
+        from ppmerge.data.custom import custom_task
 
         if not tasks:
             raise ConfigError("TaskPool.tasks: expected a non-empty list of GLUE task names")
@@ -49,15 +52,21 @@ class TaskPool:
             raise ConfigError("TaskPool.model: expected the model architecture section (name: gpt-tiny, ...)")
         if int(batch_size) < 1:
             raise ConfigError(f"TaskPool.batch_size: expected a positive integer, got {batch_size!r}")
+        if datasets is not None and not isinstance(datasets, dict):
+            raise ConfigError(f"TaskPool.datasets: expected a mapping task name -> custom dataset, got {datasets!r}")
+        self.custom = {str(name): custom_task({"name": "custom", **(section or {})}, f"TaskPool.datasets.{name}",
+                                              task_name=str(name))
+                       for name, section in (datasets or {}).items()}
+        self.custom_roots = {str(name): (section or {}).get("root") for name, section in (datasets or {}).items()}
         self.specs = {}
         for name in tasks:
-            spec = get_task(name)
+            spec = self.custom.get(str(name)) or get_task(name)
             self.specs[spec.name] = spec
         self.tasks = list(self.specs)
         self.model_cfg = dict(model)
         self.data_root = data_root
         self.layout = layout
-        self.roots = {get_task(k).name: v for k, v in (roots or {}).items()}
+        self.roots = {self.spec(k).name: v for k, v in (roots or {}).items()}
         self.split = split
         self.splits = self._check_splits(splits or {})
         self.batch_size = int(batch_size)
@@ -96,8 +105,8 @@ class TaskPool:
         out = {}
         for task, split in splits.items():
             try:
-                name = get_task(task).name
-                out[name] = normalize_split(name, split)
+                spec = self.spec(task)
+                out[spec.name] = normalize_split(spec, split)
             except UserError as exc:
                 raise ConfigError(f"TaskPool.splits.{task}: {exc}") from None
         return out
@@ -106,21 +115,27 @@ class TaskPool:
         """The split `task` is evaluated on: TaskPool.splits[task], else TaskPool.split (MNLI: dev = dev_matched)."""
         from ppmerge.data.readers import normalize_split
 
-        task = self.spec(task).name
-        return self.splits.get(task) or normalize_split(task, self.split)
+        spec = self.spec(task)
+        return self.splits.get(spec.name) or normalize_split(spec, self.split)
 
     # ---- data -------------------------------------------------------------------------------
     def spec(self, task):
         """The TaskSpec of `task` (any GLUE task: a merge's models may cover tasks not evaluated)."""
         from ppmerge.data import get_task
 
+        if isinstance(task, str) and task in self.custom:
+            return self.custom[task]
         return self.specs.get(task) or get_task(task)
 
     def task_root(self, task):
         from ppmerge.data.synthetic import task_root
 
-        task = self.spec(task).name
-        return self.roots.get(task) or task_root(task, self.data_root, self.layout)
+        spec = self.spec(task)
+        if spec.name in self.custom:  # files relative to the dataset's root, else to the working folder
+            return self.roots.get(spec.name) or self.custom_roots.get(spec.name)
+        root = self.roots.get(spec.name) or task_root(spec.name, self.data_root, self.layout)
+        # another layout under data_root (the Hugging Face parquet files): the readers find the task there
+        return root if os.path.isdir(root) or not os.path.isdir(self.data_root) else self.data_root
 
     def tokenizer(self):
         if self._tokenizer is None:
