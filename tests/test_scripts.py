@@ -62,5 +62,30 @@ def test_a_real_tiny_run_through_the_script(tmp_path):
                    env={"CONFIG": TINY, "PPMERGE_NO_TQDM": "1"} | {"HOME": os.environ.get("HOME", "/tmp")})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mcc:" in proc.stdout  # CoLA is scored with MCC
-    out = tmp_path / "output" / "tiny"
+    out = tmp_path / "output" / "tiny" / "CoLA"  # one folder per task below the config's output_dir
     assert (out / "epoch_0_step_2" / "model.pdparams").is_file() and (out / "latest").read_text().strip() == "epoch_0_step_2"
+
+
+def _dry_in(cwd, *args, env=None):
+    proc = _script(SCRIPTS[0], *args, env={"PPMERGE_DRY_RUN": "1", **(env or {})}, cwd=str(cwd))
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+def test_scripts_find_every_layout_and_write_per_task(tmp_path, glue_suite):
+    """CoLA and MNLI in the GLUE-zip layout (the README's), FleetX's sources, and the Hugging Face parquet
+    export are found by the script; checkpoints go to <output_dir>/<TASK> (OUTPUT_DIR and -o still win)."""
+    for layout, expected in (("glue", {"CoLA": "CoLA", "MNLI": "MNLI"}),
+                             ("fleetx", {"CoLA": "cola_public", "MNLI": "multinli_1.0"})):
+        for task, folder in expected.items():
+            cfg = _dry_in(tmp_path, task, env={"DATASET_DIR": glue_suite[layout]})
+            assert cfg["Data"]["Train"]["dataset"]["root"] == f"{glue_suite[layout]}/{folder}/"
+            assert cfg["Data"]["Eval"]["dataset"]["root"] == cfg["Data"]["Train"]["dataset"]["root"]
+            assert cfg["Engine"]["save_load"]["output_dir"] == f"./output/{task}"
+    hf = tmp_path / "hf"
+    (hf / "glue" / "cola").mkdir(parents=True)
+    assert _dry_in(tmp_path, "cola", env={"DATASET_DIR": str(hf)})["Data"]["Train"]["dataset"]["root"] == f"{hf}/"
+    cfg = _dry_in(tmp_path, "SST2", env={"OUTPUT_DIR": "runs/"})
+    assert cfg["Engine"]["save_load"]["output_dir"] == "runs/SST2"
+    cfg = _dry_in(tmp_path, "SST2", "Engine.save_load.output_dir=mine")
+    assert cfg["Engine"]["save_load"]["output_dir"] == "mine"

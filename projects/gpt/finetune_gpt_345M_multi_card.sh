@@ -5,10 +5,11 @@
 # GPUs: DEVICES (default: every GPU nvidia-smi lists) go to `--devices`. Without GPUs the run uses
 # NPROC CPU processes (default 2, gloo; `--devices` does not work on CPU) and Global.device=cpu.
 # Each card/process reads its own shard; the effective batch is batch_size x processes.
+# Checkpoints: <config output_dir>/<TASK> (OUTPUT_DIR=parent overrides). Data: any GLUE layout under DATASET_DIR.
 # Env: PYTHON, CONFIG, DATASET_DIR, DEVICES, NPROC, LOG_DIR (default ./output/log).
 set -euo pipefail
+CONFIG="${CONFIG:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/configs/gpt/finetune_gpt_345M_single_card_glue.yaml}"
 source "$(dirname "${BASH_SOURCE[0]}")/glue_task.sh"
-CONFIG="${CONFIG:-$ROOT/configs/gpt/finetune_gpt_345M_single_card_glue.yaml}"
 if [ -z "${DEVICES:-}" ] && command -v nvidia-smi >/dev/null 2>&1; then
   COUNT="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
   if [ "${COUNT:-0}" -gt 0 ]; then DEVICES="$(seq -s, 0 $((COUNT - 1)))"; fi
