@@ -217,7 +217,14 @@ class TaskPool:
             target.set_value(value)
 
     def load_backbone(self, model, backbone, head_names=()):
-        """Copy a backbone into `model`; every non-head key of the model must be present."""
+        """Copy a backbone into `model`; every non-head key of the model must be present (a tied copy,
+        e.g. T5's embed_tokens of t5.shared.weight, is filled from its key: a pool merges it once)."""
+        tied = {k: s for k, s in (getattr(self.family, "tied_keys", None) or {}).items()
+                if k not in backbone and s in backbone}
+        if tied:
+            from collections import ChainMap
+
+            backbone = ChainMap({k: backbone[s] for k, s in tied.items()}, backbone)
         missing = [k for k in model.state_dict() if k not in backbone and k not in head_names]
         if missing:
             raise CheckpointError(f"backbone: key {missing[0]!r} is missing ({len(missing)} missing in all)")

@@ -124,6 +124,21 @@ class StreamedBackbone(TensorsOnDemand):
         self.shapes.clear()
 
 
+class _TiedView:
+    """The tied keys of an open file (read when compared), for `ModelPool.tied_copies`."""
+
+    def __init__(self, lazy, tied_keys):
+        self.lazy, self.keys, self.read = lazy, set(tied_keys) | set(tied_keys.values()), {}
+
+    def __contains__(self, key):
+        return key in self.keys and key in self.lazy.shapes
+
+    def __getitem__(self, key):
+        if key not in self.read:  # the shared key is compared with each copy: read once
+            self.read[key] = self.lazy[key]
+        return self.read[key]
+
+
 class _SizedStream:
     def __init__(self, pool, after_each):
         self.pool, self.after_each = pool, after_each
@@ -229,9 +244,12 @@ def parse_models(models, known_tasks=()):
 class ModelPool:
     """base: path of the pretrained model (None: no base, for methods that do not need one);
     models: {name: path | {path, task}} (see `parse_models`); head_keys: regex of head keys;
-    task_heads: {task: model name | "average"} (how a task with several models gets its head)."""
+    task_heads: {task: model name | "average"} (how a task with several models gets its head);
+    tied_keys: {copy key: key it copies} (the model family's keys that list one parameter again, e.g.
+    T5's embed_tokens copies of t5.shared.weight): each copy must equal its key and is dropped, so a
+    merge treats the parameter once (key-seeded masks cannot make the copies differ)."""
 
-    def __init__(self, base, models, head_keys=DEFAULT_HEAD_KEYS, task_heads=None, known_tasks=()):
+    def __init__(self, base, models, head_keys=DEFAULT_HEAD_KEYS, task_heads=None, known_tasks=(), tied_keys=None):
         self.models = parse_models(models, tuple(known_tasks))
         self.base_path = None if base in (None, "") else str(base)
         self.names = [m.name for m in self.models]      # pool order: the order written in the config
@@ -243,6 +261,7 @@ class ModelPool:
         except re.error as exc:
             raise ConfigError(f"ModelPool.head_keys: {head_keys!r} is not a valid regex ({exc})") from None
         self.task_heads_choice = self._check_task_heads(task_heads or {})
+        self.tied_keys = dict(tied_keys or {})
         # Fail fast on a missing file, before loading gigabytes of the others.
         checks = ([("base", self.base_path)] if self.base_path else []) + [(f"models.{m.name}", m.path)
                                                                          for m in self.models]
@@ -257,7 +276,7 @@ class ModelPool:
     @classmethod
     def from_config(cls, section, known_tasks=()):
         return cls(section.get("base"), section["models"], section.get("head_keys") or DEFAULT_HEAD_KEYS,
-                   section.get("task_heads"), known_tasks)
+                   section.get("task_heads"), known_tasks, tied_keys=section.get("tied_keys"))
 
     # ---- tasks and names ---------------------------------------------------------------------
     @property
@@ -293,12 +312,25 @@ class ModelPool:
         return out
 
     # ---- heads ---------------------------------------------------------------------------------
-    def split(self, state_dict):
-        """(backbone, head): the keys matching head_keys go to the head."""
+    def split(self, state_dict, name="base", path=None):
+        """(backbone, head): the keys matching head_keys go to the head; tied copies are dropped."""
         backbone, head = {}, {}
         for key, value in state_dict.items():
             (head if self.head_pattern.search(key) else backbone)[key] = value
+        for key in self.tied_copies(backbone, name, path or self.base_path):
+            del backbone[key]
         return backbone, head
+
+    def tied_copies(self, state_dict, name, path):
+        """The keys of `state_dict` that copy another key present in it (`tied_keys`); a copy that
+        differs from its key is a CheckpointError (they are one parameter of the model)."""
+        copies = [key for key, source in self.tied_keys.items() if key in state_dict and source in state_dict]
+        for key in copies:
+            source = self.tied_keys[key]
+            if not np.array_equal(np.asarray(state_dict[key]), np.asarray(state_dict[source])):
+                raise CheckpointError(f"model {name} ({path}): {key} differs from {source}; in the model they are "
+                                      f"one shared parameter")
+        return copies
 
     def task_head(self, task):
         """The head evaluated on `task`: its model's head; with several models of the task (a soup),
@@ -357,7 +389,9 @@ class ModelPool:
         from ppmerge.models.checkpoint import open_state_dict
 
         with open_state_dict(self.paths[first]) as lazy:  # one tensor at a time: dtype and shape
-            return {key: np.zeros_like(lazy[key]) for key in lazy if not self.head_pattern.search(key)}
+            tied = set(k for k, source in self.tied_keys.items() if k in lazy.shapes and source in lazy.shapes)
+            return {key: np.zeros_like(lazy[key]) for key in lazy
+                    if not self.head_pattern.search(key) and key not in tied}
 
     def forget_base(self):
         """Drop the cached base (a streamed merge consumed its buffers); it is reloaded if asked for."""
@@ -367,7 +401,7 @@ class ModelPool:
         """Load one fine-tuned model: check it, keep its head, return its backbone."""
         path = self.paths[name]
         state_dict = _load(path, f"models.{name}", name)
-        backbone, head = self.split(state_dict)
+        backbone, head = self.split(state_dict, name, path)
         return self._checked(name, backbone, head)
 
     def _reference(self, name):
@@ -382,8 +416,9 @@ class ModelPool:
             from ppmerge.models.checkpoint import open_state_dict
 
             with open_state_dict(self.paths[first]) as lazy:
+                tied = set(k for k, source in self.tied_keys.items() if k in lazy.shapes and source in lazy.shapes)
                 self._first_shapes = Shapes({k: tuple(v) for k, v in lazy.shapes.items()
-                                             if not self.head_pattern.search(k)})
+                                             if not self.head_pattern.search(k) and k not in tied})
         return self._first_shapes, first
 
     def _checked(self, name, backbone, head):
@@ -404,7 +439,8 @@ class ModelPool:
         head_keys = [key for key in lazy if self.head_pattern.search(key)]
         head = {key: lazy[key] for key in head_keys}
         _check_finite(head, name, self.paths[name])
-        backbone = StreamedBackbone(lazy, [key for key in lazy if key not in head], name)
+        tied = set(self.tied_copies(_TiedView(lazy, self.tied_keys), name, self.paths[name]))
+        backbone = StreamedBackbone(lazy, [key for key in lazy if key not in head and key not in tied], name)
         return self._checked(name, backbone, head)
 
     def backbones(self):

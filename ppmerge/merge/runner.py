@@ -215,7 +215,7 @@ def _pool_section(cfg, method):
         raise ConfigError(f"Merge.method {method.name} is not available for {family.name} (text-to-text) pools: it "
                           f"needs per-task heads / class logits; use a data-free method (simple_average, "
                           f"task_arithmetic, ties_merging, dare_*, ...)")
-    return {**cfg["ModelPool"], "head_keys": NO_HEADS}
+    return {**cfg["ModelPool"], "head_keys": NO_HEADS, "tied_keys": getattr(family, "tied_keys", None)}
 
 
 def run_merge(cfg, progress=True, overwrite=False):

@@ -45,6 +45,11 @@ def unwrap(model):
 class T5Text:
     name = "t5"
     head_keys = None
+    # paddlenlp lists the one shared embedding three times; a model pool keeps t5.shared.weight only
+    # (the copies are checked equal and dropped), so a merge treats it once (load_t5_state_dict and the
+    # task pool fill the copies back in).
+    tied_keys = {"t5.encoder.embed_tokens.weight": "t5.shared.weight",
+                 "t5.decoder.embed_tokens.weight": "t5.shared.weight"}
     generates = True
     lora_targets = (r".*\.q", r".*\.v")
     lora_trainable = ()
