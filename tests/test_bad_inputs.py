@@ -47,8 +47,9 @@ def run_in_process(name, argv):
     return code, out.getvalue(), err.getvalue()
 
 
-def tree_hash(*folders):
-    """path -> sha1 of every file (and the names of folders) under `folders`."""
+def tree_hash(*folders, content=True):
+    """path -> sha1 of every file (and the names of folders) under `folders`; content=False: size and
+    mtime in ns instead (cheap, for the big shared model files)."""
     state = {}
     for folder in folders:
         for root, dirs, files in os.walk(folder):
@@ -56,8 +57,12 @@ def tree_hash(*folders):
                 state[os.path.join(root, d)] = "dir"
             for f in files:
                 path = os.path.join(root, f)
-                with open(path, "rb") as fh:
-                    state[path] = hashlib.sha1(fh.read()).hexdigest()
+                if content:
+                    with open(path, "rb") as fh:
+                        state[path] = hashlib.sha1(fh.read()).hexdigest()
+                else:
+                    st = os.stat(path)
+                    state[path] = (st.st_size, st.st_mtime_ns, st.st_ino)
     return state
 
 
@@ -72,7 +77,10 @@ def world(tmp_path_factory):
     data = str(base / "data")
     write_glue_suite(data, layout="glue", n_train=16, n_dev=8, n_test=4, seed=0, tasks=TASKS)
     paths, sds = make_pool(str(base / "pool"))
-    return {"dir": str(base), "data": data, "paths": paths, "sds": sds}
+    world = {"dir": str(base), "data": data, "paths": paths, "sds": sds}
+    before = tree_hash(str(base))
+    yield world
+    assert tree_hash(str(base)) == before  # and by content, once, after every case
 
 
 class Ctx:
@@ -132,8 +140,8 @@ class Ctx:
         paths.update(models or {})
         cfg = raw_config(paths, self.world["data"], out or self.out)
         for section, values in changes.items():
-            if values is None:
-                cfg[section] = None
+            if values is None or cfg[section] is None:
+                cfg[section] = values
             else:
                 cfg[section].update(values)
         return write_yaml(cfg, self.path("merge.yaml"))
@@ -414,6 +422,16 @@ def _(ctx):
     return _train_data(ctx, _stsb(ctx, "high"), task="STSB"), "train.tsv:3"
 
 
+@case("fewer-examples-than-a-batch", "train")
+def _(ctx):
+    return _train_data(ctx, _sst2_rows(ctx, ["a good film\t1", "a bad film\t0"])), "train.tsv"
+
+
+@case("output-dir-is-the-data-folder", "train")
+def _(ctx):
+    return ctx.train(out=ctx.data_copy()), "train.tsv"
+
+
 @case("data-not-utf8", "train")
 def _(ctx):
     folder = ctx.data_copy()
@@ -580,6 +598,9 @@ _merge("ties-threshold-nan", lambda ctx: ctx.merge_yaml(Merge={"method": "ties_m
        "Merge.threshold")
 _merge("cabs-nm-more-models-than-blocks", lambda ctx: ctx.merge_yaml(Merge={"method": "cabs", "n": 2, "m": 4}),
        "Merge.n / Merge.m")
+_merge("sweep-value-nan", lambda ctx: ctx.merge_yaml(
+    Merge={"method": "task_arithmetic"}, Sweep={"grid": {"Merge.scaling_factor": [0.3, float("nan")]}}),
+    "scaling_factor")
 _merge("unknown-method", lambda ctx: ctx.merge_yaml(Merge={"method": "averaging"}), "Merge.method")
 _merge("unknown-method-param", lambda ctx: ctx.merge_yaml(Merge={"method": "ties_merging", "treshold": 20}),
        "Merge.treshold")
@@ -734,7 +755,7 @@ def test_catalogue_is_large_enough():
 def test_bad_input(world, tmp_path, tool_name, setup):
     ctx = Ctx(world, tmp_path)
     argv, expect = setup(ctx)
-    before_world, before = tree_hash(world["dir"]), tree_hash(ctx.dir)
+    before_world, before = tree_hash(world["dir"], content=False), tree_hash(ctx.dir)
     listing = set(os.listdir(ctx.dir))
     code, out, err = run_in_process(tool_name, argv)
     lines = [line for line in err.splitlines() if line.strip()]
@@ -745,7 +766,7 @@ def test_bad_input(world, tmp_path, tool_name, setup):
     # nothing touched, nothing left (no output folder, no temporaries)
     assert tree_hash(ctx.dir) == before, errors[0]
     assert set(os.listdir(ctx.dir)) == listing
-    assert tree_hash(world["dir"]) == before_world
+    assert tree_hash(world["dir"], content=False) == before_world
     assert not os.path.exists("/tmp/ppmerge_pwned")
 
 
@@ -898,6 +919,11 @@ def test_full_disk_is_one_line_and_leaves_nothing(world, tmp_path):
         ctx = Ctx(world, tmp_path)
         code, _, err = run_in_process("merge", ["-c", ctx.merge_yaml(out=os.path.join(disk, "merged"))])
         assert code == 2 and "not enough free space" in err and len(err.strip().splitlines()) == 1, err
+        assert os.listdir(disk) == []
+        # training knows its checkpoint's size: refused before the first step
+        code, _, err = run_in_process("train", ctx.train(out=os.path.join(disk, "run")))
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "not enough free space" in lines[0], err[-2000:]
         assert os.listdir(disk) == []
 
 

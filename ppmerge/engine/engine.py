@@ -131,7 +131,9 @@ class Engine:
         acc = self.accumulate_steps
         steps_per_epoch = len(sampler) // acc
         if steps_per_epoch == 0:
-            raise ConfigError(f"Data.Train: {len(train_dataset)} examples make {len(sampler)} batches of "
+            source = getattr(train_dataset, "path", None)
+            raise ConfigError(f"Data.Train{f' ({source})' if source else ''}: {len(train_dataset)} examples make "
+                              f"{len(sampler)} batches of "
                               f"{sampler.batch_size} per rank, fewer than Engine.accumulate_steps={acc}: "
                               f"no optimizer step would run (lower the batch size or accumulate_steps)")
         total = self._total_steps(steps_per_epoch)
