@@ -288,7 +288,7 @@ def prepare_output_dir(path, kind, overwrite=False, need_bytes=0, what="output f
         found = output_kind(path)
         if entries and not overwrite and found != kind:
             if found:
-                why = f"it is a ppmerge {found} output, not a {kind} output"
+                why = f"it is a ppmerge {found} output, not {_article(kind)} {kind} output"
             else:
                 shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
                 why = f"it holds files ppmerge did not write ({shown})"
@@ -299,6 +299,10 @@ def prepare_output_dir(path, kind, overwrite=False, need_bytes=0, what="output f
     return path
 
 
+def _article(word):
+    return "an" if word[:1].lower() in "aeio" else "a"
+
+
 def prepare_output_file(path, overwrite=False, need_bytes=0, what="output file", flag="--overwrite"):
     """Check, before any long work, that the file `path` may be written: an existing file only with
     `overwrite`, not a folder, its folder writable, `need_bytes` free. Returns the absolute path."""
@@ -306,7 +310,7 @@ def prepare_output_file(path, overwrite=False, need_bytes=0, what="output file",
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a folder; {what} must be a file name")
     if os.path.lexists(path) and not overwrite:
-        raise OutputError(f"{path}: {what} exists; " + (f"pass {flag} to replace it, or " if flag else "")
+        raise OutputError(f"{path}: {what} already exists; " + (f"pass {flag} to replace it, or " if flag else "")
                           + "choose another name")
     anchor = _check_writable(os.path.dirname(path), "the folder of")
     _check_space(anchor, need_bytes, what, path)

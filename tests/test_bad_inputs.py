@@ -611,6 +611,8 @@ _merge("task-pool-max-length-over-positions", lambda ctx: ctx.merge_yaml(TaskPoo
 _merge("task-pool-max-length-0", lambda ctx: ctx.merge_yaml(TaskPool={"max_length": 0}), "TaskPool.max_length")
 _merge("task-pool-batch-0", lambda ctx: ctx.merge_yaml(TaskPool={"batch_size": 0}), "TaskPool.batch_size")
 _merge("task-pool-test-split", lambda ctx: ctx.merge_yaml(TaskPool={"split": "test"}), "TaskPool.split")
+_merge("task-pool-test-split-for-one-task", lambda ctx: ctx.merge_yaml(TaskPool={"splits": {"MNLI": "test_mismatched"}}),
+       "TaskPool.splits.MNLI")
 _merge("task-pool-max-examples-negative", lambda ctx: ctx.merge_yaml(TaskPool={"max_examples": -5}),
        "TaskPool.max_examples")
 _merge("seed-negative", lambda ctx: ctx.merge_yaml(Global={"seed": -1}), "Global.seed")
@@ -720,6 +722,24 @@ def _(ctx):
 @case("unknown-task", "make_glue_data")
 def _(ctx):
     return ["--out", ctx.path("s"), "--tasks", "SQuAD"], "SQuAD"
+
+
+# --- init_model
+@case("output-exists", "init_model")
+def _(ctx):
+    return ["--preset", "gpt-tiny", "--output", ctx.write("base.pdparams", "keep")], "base.pdparams"
+
+
+@case("output-is-folder", "init_model")
+def _(ctx):
+    os.makedirs(ctx.path("base.pdparams"))
+    return ["--preset", "gpt-tiny", "--output", ctx.path("base.pdparams")], "base.pdparams"
+
+
+@case("output-folder-is-a-file", "init_model")
+def _(ctx):
+    ctx.write("plain", "x")
+    return ["--preset", "gpt-tiny", "--output", ctx.path("plain/base.pdparams")], "plain"
 
 
 # --- extract_task_vector

@@ -53,10 +53,12 @@ def model_section(preset, fields):
 def main(argv=None):
     args = parse_args(argv)
     section = model_section(args.preset, args.fields)
-    if os.path.exists(args.output) and not args.overwrite:
-        raise UserError(f"--output {args.output} already exists (pass --overwrite to replace it)")
     if os.path.splitext(args.output)[1].lower() not in (".pdparams", ".safetensors"):
         raise UserError(f"--output {args.output}: expected a .pdparams or .safetensors file name")
+    from ppmerge.fileio import prepare_output_file
+
+    # an existing file only with --overwrite; not a folder; its folder writable (ppmerge.fileio's rule)
+    prepare_output_file(args.output, overwrite=args.overwrite, what="--output")
     from ppmerge.models.init import write_initial_model
 
     count = write_initial_model(args.output, section, args.seed, args.num_classes, args.dtype)

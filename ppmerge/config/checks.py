@@ -29,11 +29,13 @@ def check_config(cfg, where):
     if "TaskPool" in cfg:  # a merge config
         pool = cfg["TaskPool"]
         _check_length("TaskPool.max_length", pool["max_length"], "TaskPool.model", pool["model"], where)
-        split = str(pool.get("split") or "").lower()
-        if split.startswith("test"):
-            raise ConfigError(f"{where('TaskPool.split')}: key 'TaskPool.split' is {pool['split']!r}: test splits "
-                              f"have no labels, and the task pool scores the merged model against labels; "
-                              f"use dev (or dev_matched / dev_mismatched)")
+        splits = [("TaskPool.split", pool.get("split"))]
+        splits += [(f"TaskPool.splits.{task}", split) for task, split in (pool.get("splits") or {}).items()]
+        for key, split in splits:
+            if str(split or "").lower().startswith("test"):
+                raise ConfigError(f"{where(key)}: key '{key}' is {split!r}: test splits have no labels, and the "
+                                  f"task pool scores the merged model against labels; use dev (or dev_matched / "
+                                  f"dev_mismatched)")
         return cfg
     data, model = cfg.get("Data") or {}, cfg.get("Model") or {}
     for mode in ("Train", "Eval", "Test"):
