@@ -10,9 +10,11 @@
    holds a `.ppmerge-output` marker naming the kind) or with `overwrite=True` (`--overwrite`), and even
    then only the files ppmerge writes are replaced; everything else in it is left alone.
 
-Temporaries are hidden and carry the writer's process id: `.<name>.ppm<pid>-<random>.tmp`. One left
-behind by a killed run (kill -9) is removed by the next run that writes into that folder, once its
-process is gone (`clean_stale_temps`); names of any other pattern are never touched.
+Temporaries are hidden and carry the writer's process id and a token of its machine / pid namespace:
+`.<name>.ppm<pid>-<host>-<random>.tmp`. One left behind by a killed run (kill -9) is removed by the next
+run that writes into that folder, once its process is gone (`clean_stale_temps`; a temporary from
+another machine or container sharing the folder only after a day untouched); names of any other
+pattern are never touched.
 """
 import contextlib
 import errno
@@ -26,8 +28,10 @@ from ppmerge.errors import UserError
 
 MARKER = ".ppmerge-output"
 _START = time.time()
-# ours: .<name>.ppm<pid>-<random>.tmp ; earlier ppmerge versions: .<name>.<8 random>.tmp (+ .old)
-_TEMP = re.compile(r"^\..+\.ppm(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp(\.old)?$")
+# ours: .<name>.ppm<pid>-<host>-<random>.tmp (<host>: 6 hex digits naming this machine's process id
+# space) ; earlier ppmerge versions: .<name>.<8 random>.tmp (+ .old)
+_TEMP = re.compile(r"^\..+\.ppm(?P<pid>\d+)-(?:(?P<host>[0-9a-f]{6})-)?[A-Za-z0-9_]+\.tmp(\.old)?$")
+_FOREIGN_AGE = 24 * 3600  # a temporary from another machine / container: stale only after a day untouched
 _LEGACY_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.old)?$")
 _cleaned = set()
 _STAGING = "ppmerge-staging"  # the temporary folder inside an existing output folder: .ppmerge-staging.ppm<pid>-<random>.tmp
@@ -37,8 +41,31 @@ class OutputError(UserError):
     """An output path that cannot or may not be written."""
 
 
+def _host_token():
+    """6 hex digits for this process id space (host name, boot, pid namespace): a pid in a temporary's
+    name is only judged alive or dead by a process that shares that space."""
+    import hashlib
+    import socket
+
+    parts = [socket.gethostname()]
+    for source in ("/proc/sys/kernel/random/boot_id",):
+        try:
+            with open(source, encoding="ascii") as f:
+                parts.append(f.read().strip())
+        except OSError:
+            pass
+    try:
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        pass
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:6]
+
+
+_HOST = _host_token()
+
+
 def _temp_prefix(path):
-    return f".{os.path.basename(path)}.ppm{os.getpid()}-"
+    return f".{os.path.basename(path)}.ppm{os.getpid()}-{_HOST}-"
 
 
 def _pid_alive(pid):
@@ -68,8 +95,13 @@ def clean_stale_temps(folder):
     for name in names:
         match = _TEMP.match(name)
         path = os.path.join(folder, name)
-        if match:
+        if match and match.group("host") in (None, _HOST):
             stale = not _pid_alive(int(match.group("pid")))
+        elif match:  # another machine's or container's run: its pid means nothing here
+            try:
+                stale = os.lstat(path).st_mtime < time.time() - _FOREIGN_AGE
+            except OSError:
+                continue
         elif _LEGACY_TEMP.match(name) and legacy:
             try:
                 stale = os.lstat(path).st_mtime < _START
@@ -335,7 +367,7 @@ def _public_name(path):
         return path
     parts = os.fspath(path).split(os.sep)
     for i, name in enumerate(parts):
-        match = re.match(r"^\.(.+)\.ppm\d+-[A-Za-z0-9_]+\.tmp(\.old)?$", name)
+        match = re.match(r"^\.(.+)\.ppm\d+-(?:[0-9a-f]{6}-)?[A-Za-z0-9_]+\.tmp(\.old)?$", name)
         if match:
             parts[i] = match.group(1)
     return os.sep.join(p for p in parts if p != _STAGING)

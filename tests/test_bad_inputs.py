@@ -1039,3 +1039,21 @@ def test_error_lines_name_the_real_file_not_the_temporary(tmp_path, monkeypatch)
                     raise OSError(errno.ENOSPC, "No space left on device", part)
         assert error_line(info.value) == f"{out}/model.pdparams: no space left on device (free some space or write elsewhere)"
         assert os.listdir(out) == [] if existing else not out.exists()
+
+
+def test_temporaries_of_another_machine_are_judged_by_age_not_pid(tmp_path):
+    """A folder shared with another host or container: its pids mean nothing here, so its temporaries
+    are kept while fresh (that run may be alive) and removed only after a day untouched."""
+    from ppmerge.fileio import _HOST, clean_stale_temps
+
+    other = "000000" if _HOST != "000000" else "111111"
+    dead_pid = 4_000_000  # above pid_max: no such process here
+    fresh = tmp_path / f".model.pdparams.ppm{dead_pid}-{other}-abc123.tmp"
+    old = tmp_path / f".report.json.ppm{dead_pid}-{other}-def456.tmp"
+    ours = tmp_path / f".config.yaml.ppm{dead_pid}-{_HOST}-ghi789.tmp"
+    for path in (fresh, old, ours):
+        path.write_text("x")
+    two_days = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days, two_days))
+    assert sorted(clean_stale_temps(str(tmp_path))) == sorted([old.name, ours.name])
+    assert os.listdir(tmp_path) == [fresh.name]
