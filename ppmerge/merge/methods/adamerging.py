@@ -186,7 +186,7 @@ def adamerging(base, models, *, context, granularity="task_wise", init=0.3, clam
         for _ in range(max_steps):
             used = np.clip(raw, 0.0, 1.0) if clamp else raw
             merged = _merge_on_device(theta0, taus, _per_key(used, granularity, len(keys)))
-            grad_k = np.zeros((n, len(keys)))
+            parts = []  # per task: [K, N] device tensors of ⟨dL/dθ[k], τ_i[k]⟩, read back once per step
             total = 0.0
             for task, head in objective:
                 model = pool.load_model(task, merged, head)
@@ -196,13 +196,13 @@ def adamerging(base, models, *, context, granularity="task_wise", init=0.3, clam
                 model.clear_gradients()
                 loss.backward()
                 total += float(loss)
-                for k, key in enumerate(keys):
-                    grad = params[key].grad
-                    if grad is not None:
-                        grad = grad.astype("float32")
-                        for i in range(n):
-                            grad_k[i, k] += float(paddle.sum(grad * taus[i][key]))
+                zero = paddle.zeros([n], dtype="float32")
+                parts.append(paddle.stack([
+                    zero if params[key].grad is None else
+                    paddle.stack([paddle.sum(params[key].grad.astype("float32") * tau[key]) for tau in taus])
+                    for key in keys]))
                 model.clear_gradients()
+            grad_k = np.sum([p.numpy().astype(np.float64) for p in parts], axis=0).T if parts else np.zeros((n, len(keys)))
             history.append(total)
             grad = grad_k.sum(axis=1) if granularity == "task_wise" else grad_k
             if clamp:
