@@ -34,6 +34,13 @@ METHOD_RUNS = [
     ("simple_ensemble", "gpt_glue_simple_ensemble.yaml", [], ALL),
     ("task_arithmetic_sweep", "gpt_glue_task_arithmetic_sweep.yaml", [], ALL),
     ("cabs", "gpt_glue_cabs.yaml", [], ("RTE", "MRPC")),
+    ("task_singular_vectors", "gpt_glue_task_singular_vectors.yaml", [], ALL),
+    ("iso_c", "gpt_glue_iso_c.yaml", [], ALL),
+    ("iso_cts", "gpt_glue_iso_cts.yaml", [], ALL),
+    ("wudi_merging", "gpt_glue_wudi_merging.yaml", ["Merge.iter_num=5"], ALL),
+    ("emr_merging", "gpt_glue_emr_merging.yaml", [], ALL),
+    ("adamerging", "gpt_glue_adamerging.yaml", ["Merge.max_steps=5", "Merge.lr=0.01"], ALL),
+    ("regmean_plusplus", "gpt_glue_regmean_plusplus.yaml", ["Merge.num_regmean_examples=64"], ALL),
 ]
 
 
@@ -230,7 +237,109 @@ def run_demo(out_dir="output/demo", n_train=512, n_dev=128, epochs=3, seed=0, ta
 
     write_text(os.path.join(out_dir, "results.md"), table + "\n")
     return {"rows": rows, "table": table, "failures": check_margins(rows, tasks),
-            "seconds": time.time() - start, "out_dir": out_dir}
+            "seconds": time.time() - start, "started": start, "out_dir": out_dir}
+
+
+# ---------------------------------------------------------------- the T5 part (text-to-text)
+
+T5_CONFIG = os.path.join(ROOT, "configs", "t5", "finetune_t5_tiny_glue.yaml")
+T5_TASKS = ("SST2", "QNLI", "RTE")
+# (row name, merge config, extra overrides): the whole model is merged (T5 has no heads)
+T5_METHOD_RUNS = [
+    ("simple_average", "flan_t5_glue_simple_average.yaml", []),
+    ("task_arithmetic_sweep", "flan_t5_glue_task_arithmetic_sweep.yaml",
+     ['Sweep.grid={"Merge.scaling_factor": [0.3, 0.6, 1.0]}']),
+    ("ties_merging", "flan_t5_glue_ties_merging.yaml", ["Merge.scaling_factor=0.7"]),
+]
+T5_LORA = ["Model.lora.r=16", "Model.lora.alpha=32", "Model.lora.target_modules=[q, v]", "Model.lora.save_merged=true",
+           "Optimizer.lr.learning_rate=1e-2"]
+
+
+def write_t5_base(path, model_cfg, seed):
+    """The tiny T5 'pretrained' base: the t5-tiny preset, seeded random init, our T5 key layout."""
+    from ppmerge.engine.seed import seed_everything
+    from ppmerge.models.checkpoint import save_state_dict
+    from ppmerge.models.families import get_family
+
+    seed_everything(seed)
+    save_state_dict(get_family(model_cfg).build().state_dict(), path)
+
+
+def run_t5_demo(out_dir, data_dir, tasks=T5_TASKS, n_dev=128, epochs=3, seed=0, lora=True, say=print):
+    """The T5 half of the demo on an already generated suite: a sentencepiece model trained on it, a
+    tiny T5 base, full (and LoRA) fine-tuning per task with tools/train.py, merges with tools/merge.py.
+    Returns {"rows", "table", "failures"} like run_demo (rows: base, fine-tuned, LoRA, each method)."""
+    from ppmerge.data.synthetic import task_root
+    from ppmerge.data.t5_tokenizer import load_t5_tokenizer, suite_texts, train_sentencepiece
+
+    tasks = list(tasks)
+    t5_dir = os.path.join(out_dir, "t5")
+    spiece = os.path.join(t5_dir, "spiece.model")
+    train_sentencepiece(suite_texts(data_dir, tasks=tasks), spiece, vocab_size=1000)
+    vocab = load_t5_tokenizer(spiece).vocab_size
+    model_cfg = {"name": "t5-tiny", "vocab_size": vocab}
+    base_path = os.path.join(t5_dir, "base", "model.pdparams")
+    write_t5_base(base_path, model_cfg, seed)
+    say(f"[T5 1/3] sentencepiece ({vocab} pieces, pad 0 / eos 1 / unk 2) and a tiny T5 base (t5-tiny) -> {t5_dir}")
+
+    train = _load_tool("train")
+    pools = {"full": {}, "lora": {}}
+    say(f"[T5 2/3] fine-tuning (full{' and LoRA r 16 on q, v' if lora else ''}) with tools/train.py "
+        f"-c {os.path.relpath(T5_CONFIG, ROOT)} -o ...")
+    for mode in (("full", "lora") if lora else ("full",)):
+        for task in tasks:
+            t0 = time.time()
+            run = os.path.join(t5_dir, "finetune", f"{task}_{mode}")
+            root = task_root(task, data_dir, "glue")
+            overrides = [f"Data.Train.dataset.name={task}", f"Data.Train.dataset.root={root}",
+                         f"Data.Eval.dataset.name={task}", f"Data.Eval.dataset.root={root}",
+                         f"Tokenizer.spiece_model={spiece}", f"Model.vocab_size={vocab}", f"Model.pretrained={base_path}",
+                         f"Engine.num_train_epochs={epochs}", "Engine.eval_freq=0", "Engine.logging_freq=1000",
+                         f"Engine.save_load.output_dir={run}", "Engine.save_load.save_epoch=0"]
+            if mode == "lora":
+                overrides += T5_LORA
+            _run_logged(train, ["-c", T5_CONFIG, *[a for o in overrides for a in ("-o", o)]],
+                        os.path.join(out_dir, "logs", f"t5_train_{task}_{mode}.log"))
+            pools[mode][task] = (os.path.join(run, "lora", "merged_model.pdparams") if mode == "lora"
+                                 else final_model(run))
+            say(f"      {task:<5} {mode:<4} {time.time() - t0:5.1f} s")
+
+    merge = _load_tool("merge")
+    reports = {}
+    say(f"[T5 3/3] merging the whole models with tools/merge.py -> {os.path.join(t5_dir, 'merge')}")
+    for mode, models in pools.items():
+        if not models:
+            continue
+        for i, (name, config, extra) in enumerate(T5_METHOD_RUNS):
+            t0 = time.time()
+            label = name if mode == "full" else f"{name} (LoRA pool)"
+            run_out = os.path.join(t5_dir, "merge", f"{name}_{mode}")
+            overrides = [f"ModelPool.base={base_path}", f"ModelPool.models={json.dumps(models)}",
+                         f"TaskPool.tasks={json.dumps(list(models))}", "Global.device=cpu",
+                         f"TaskPool.data_root={data_dir}", "TaskPool.layout=glue", "TaskPool.model.name=t5-tiny",
+                         f"TaskPool.model.vocab_size={vocab}", f"TaskPool.tokenizer.spiece_model={spiece}",
+                         "TaskPool.max_length=96", f"TaskPool.max_examples={n_dev}", f"Output.dir={run_out}", *extra]
+            if i == 0:
+                overrides += ["Output.reference_rows.finetuned=true"] + (["Output.reference_rows.base=true"]
+                                                                        if mode == "full" else [])
+            _run_logged(merge, ["-c", os.path.join(MERGE_CONFIGS, config), *[a for o in overrides for a in ("-o", o)]],
+                        os.path.join(out_dir, "logs", f"t5_merge_{name}_{mode}.log"))
+            with open(os.path.join(run_out, "report.json"), encoding="utf-8") as f:
+                reports[label] = json.load(f)
+            say(f"      {label:<36} {time.time() - t0:5.1f} s")
+    rows = collect_table({k: v for k, v in reports.items() if "LoRA" not in k}, tasks)
+    lora_reports = {k: v for k, v in reports.items() if "LoRA" in k}
+    if lora_reports:
+        lora_rows = collect_table(lora_reports, tasks)
+        rows["LoRA fine-tuned (own task)"] = lora_rows.pop("Fine-tuned (own task)", {})
+        rows.update(lora_rows)
+    table = format_table(rows, tasks)
+    failures = check_margins(rows, tasks)
+    if lora_reports:
+        failures += [f"LoRA {line}" for line in check_margins(
+            {"Pretrained base": rows.get("Pretrained base", {}),
+             "Fine-tuned (own task)": rows["LoRA fine-tuned (own task)"]}, tasks)]
+    return {"rows": rows, "table": table, "failures": failures}
 
 
 def main(argv=None):
@@ -244,13 +353,27 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="*", default=None, help="subset of tasks (default: all nine)")
     parser.add_argument("--methods", nargs="*", default=None, help="subset of merge runs (default: all)")
+    parser.add_argument("--t5-tasks", nargs="*", default=list(T5_TASKS),
+                        help=f"tasks of the T5 part (default: {' '.join(T5_TASKS)}; none: no T5 part)")
+    parser.add_argument("--no-t5-lora", action="store_true", help="T5 part: full fine-tuning only")
     args = parser.parse_args(argv)
 
     result = run_demo(args.out, args.n_train, args.n_dev, args.epochs, args.seed, args.tasks, args.methods)
+    t5 = None
+    if args.t5_tasks:
+        t5 = run_t5_demo(result["out_dir"], os.path.join(result["out_dir"], "data"), args.t5_tasks, args.n_dev,
+                         args.epochs, args.seed, lora=not args.no_t5_lora)
+        result["seconds"] = time.time() - result["started"]
     print("\nMain metric x100 on each task's dev split (CoLA mcc, MRPC/QQP acc_and_f1, STSB corr, else accuracy):\n")
     print(result["table"])
+    if t5:
+        print("\nT5 (text-to-text, tiny T5 + run-time sentencepiece): exact match x100 on each task's dev split, "
+              "generated answers (the whole model merged; a LoRA pool = each adapter merged into the base first):\n")
+        print(t5["table"])
+        result["failures"] += [f"T5 {line}" for line in t5["failures"]]
     print(f"\nreports, plots and merged models: {os.path.join(result['out_dir'], 'merge')}/*/ "
-          f"(report.md, report.xlsx, sweep.png, cross_task.png); finished in {result['seconds']:.0f} s")
+          f"(report.md, report.xlsx, sweep.png, cross_task.png){' and t5/merge/*/' if t5 else ''}; "
+          f"finished in {result['seconds']:.0f} s")
     if result["failures"]:
         print(f"\nFAILED: a fine-tuned model did not beat the base by {MIN_MARGIN:.0f} points on its own task:",
               file=sys.stderr)
