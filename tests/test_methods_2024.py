@@ -278,3 +278,16 @@ def test_wudi_loss_decreases_and_is_the_papers_loss():
     np.testing.assert_array_equal(merged, again)   # deterministic
     with pytest.raises(ConfigError, match="Merge.iter_num: expected a non-negative integer"):
         get_method("wudi_merging")({}, [], iter_num=-1)
+
+
+def test_paddle_svd_branch_agrees_with_numpy():
+    """The accelerator branch of lowrank.svd (run here on CPU paddle): same factorisation as numpy's."""
+    from ppmerge.merge.lowrank import paddle_svd, polar
+
+    a = np.random.default_rng(11).normal(size=(9, 5)).astype(np.float32)
+    u, s, vh = paddle_svd(a)
+    np.testing.assert_allclose((u * s) @ vh, a, atol=1e-5)
+    np.testing.assert_allclose(s, np.linalg.svd(a, compute_uv=False), rtol=1e-5)
+    p = polar(a)
+    np.testing.assert_allclose(p.T @ p, np.eye(5), atol=1e-5)
+    np.testing.assert_allclose(p, _polar(a), atol=1e-5)

@@ -20,10 +20,15 @@ def host32(x):
 
 def svd(a):
     """Economy SVD a = U diag(S) Vh of a 2-D float32 array (numpy in, numpy out)."""
-    pd = _paddle()
-    if pd.get_device() == "cpu":
+    if _paddle().get_device() == "cpu":
         return np.linalg.svd(a, full_matrices=False)
-    u, s, vh = pd.linalg.svd(pd.to_tensor(np.ascontiguousarray(a)), full_matrices=False)
+    return paddle_svd(a)
+
+
+def paddle_svd(a):
+    """The same in paddle on the current device (what `svd` uses off the CPU)."""
+    pd = _paddle()
+    u, s, vh = pd.linalg.svd(pd.to_tensor(np.ascontiguousarray(a, dtype=np.float32)), full_matrices=False)
     return u.numpy(), s.numpy(), vh.numpy()
 
 
