@@ -47,6 +47,12 @@ METHODS = {
     "della": ({"method": "della", "weights": 1.0, "density": 0.7, "epsilon": 0.15, "scaling_factor": 0.3}, 3.0,
               "memory"),
     "model_stock": ({"method": "model_stock"}, 3.0, "memory"),
+    # the 2024-2025 methods (issue 13): in memory, SVDs / optimisation per matrix; measured, no time goal
+    "task_singular_vectors": ({"method": "task_singular_vectors", "alpha": 1.0}, None, "memory"),
+    "iso_c": ({"method": "iso_c", "scaling_factor": 1.0}, None, "memory"),
+    "iso_cts": ({"method": "iso_cts", "scaling_factor": 1.0, "common_space_fraction": 0.8}, None, "memory"),
+    "wudi_merging_10": ({"method": "wudi_merging", "iter_num": 10}, None, "memory"),
+    "emr_merging": ({"method": "emr_merging"}, None, "memory"),
 }
 DEFAULT_METHODS = ["simple_average", "task_arithmetic", "ties_merging_global", "ties_merging_tensor",
                    "dare_task_arithmetic"]
@@ -112,8 +118,8 @@ def run_round(args, pool, inputs, folder, model_bytes, baseline):
         run = benchlib.run_child([benchlib.PYTHON, os.path.join(benchlib.ROOT, "tools", "merge.py"),
                                   "-c", cfg_path, "--device", "cpu"])
         run.pop("stdout")
-        model_file = os.path.join(out_dir, "merged_model.pdparams")
-        run["output_bytes"] = os.path.getsize(model_file) if os.path.exists(model_file) else 0
+        model_files = [os.path.join(out_dir, n) for n in ("merged_model.pdparams", "emr_model.safetensors")]
+        run["output_bytes"] = sum(os.path.getsize(p) for p in model_files if os.path.exists(p))
         shutil.rmtree(out_dir, ignore_errors=True)  # free the disk before the next method
         run["time_ratio"] = benchlib.ratio(run["wall_s"], io["bound_s"])
         runs[name] = run
