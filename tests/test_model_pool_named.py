@@ -222,3 +222,32 @@ def test_pool_order_is_the_written_order_through_base_files(pool, tmp_path):
     assert ModelPool.from_config(cfg["ModelPool"]).names == ["zeta", "alpha", "MNLI"]
     cfg = load_config(str(tmp_path / "merged.yaml"), schema=MERGE_SCHEMA)
     assert ModelPool.from_config(cfg["ModelPool"]).names == ["SST2", "MNLI", "zeta"]
+
+
+def test_methods_without_base_and_a_sweep_over_a_per_model_map(pool, glue_suite, tmp_path):
+    """needs_base=False methods give the same result without ModelPool.base (they never read it): regmean
+    and the ensemble; a sweep may address one model's entry of a {name: value} map."""
+    paths, sds = pool
+    models = soup_models(paths)
+    results = {}
+    for base in (True, False):
+        raw = named_config(paths, glue_suite["glue"], str(tmp_path / f"regmean_{base}"), models, ["SST2"],
+                           method="regmean", base=base, num_regmean_examples=8, batch_size=4)
+        results[base] = run(raw)
+        merged = load(os.path.join(str(tmp_path / f"regmean_{base}"), "merged_model.pdparams"))
+        results[base] = (results[base], {k: v for k, v in merged.items() if not k.startswith("heads.")})
+    (with_base, sd_with), (without, sd_without) = results[True], results[False]
+    assert sd_with.keys() == sd_without.keys()
+    for key in sd_with:
+        np.testing.assert_array_equal(sd_with[key], sd_without[key], err_msg=key)
+    assert with_base["rows"][0]["metrics"]["SST2"]["main"] == without["rows"][0]["metrics"]["SST2"]["main"]
+
+    raw = named_config(paths, glue_suite["glue"], str(tmp_path / "ens"), models, ["SST2"], method="simple_ensemble",
+                       base=False)
+    assert run(raw)["rows"][0]["metrics"]["SST2"]["num_examples"] == 24
+
+    raw = named_config(paths, glue_suite["glue"], str(tmp_path / "sweep"), {"MNLI": paths["MNLI"], "SST2": paths["SST2"]},
+                       ["MNLI"], method="task_arithmetic", scaling_factor={"SST2": 0.0, "MNLI": 1.0})
+    raw["Sweep"] = {"grid": {"Merge.scaling_factor.SST2": [0.0, 0.5]}}
+    result = run(raw)
+    assert [r["params"]["scaling_factor"] for r in result["rows"]] == [[1.0, 0.0], [1.0, 0.5]]
