@@ -145,3 +145,26 @@ def test_regmean_plusplus_through_the_tool(pool, glue_suite, tmp_path):
     expected = get_method("regmean_plusplus")(backbone, models, context=ctx, num_regmean_examples=8, batch_size=8)
     for key in backbone:
         np.testing.assert_allclose(merged[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_a_sweep_over_iso_cts_and_adamerging_points(pool, glue_suite, tmp_path):
+    from ppmerge.merge import get_method
+    from ppmerge.models import load_numpy_state_dict
+
+    paths, sds = pool
+    out = str(tmp_path / "out")
+    report = run_config("iso_cts", paths, glue_suite["glue"], out,
+                        ['Sweep.grid={"Merge.common_space_fraction": [0.5, 0.8]}'])
+    points = [r for r in report["rows"] if r["kind"] == "sweep"]
+    assert [r["params"]["common_space_fraction"] for r in points] == [0.5, 0.8]
+    best = [r for r in points if r["best"]][0]
+    merged = load_numpy_state_dict(os.path.join(out, "merged_model.pdparams"))
+    backbone, models = _backbones(sds)
+    expected = get_method("iso_cts")(backbone, models, **best["params"])
+    for key in backbone:
+        np.testing.assert_allclose(merged[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    # AdaMerging in a sweep: every point keeps its own λ table
+    report = run_config("adamerging", paths, glue_suite["glue"], str(tmp_path / "ada"),
+                        ["Merge.max_steps=0", 'Sweep.grid={"Merge.init": [0.2, 0.4]}'])
+    tables = [r["method_info"]["adamerging"]["lambdas"] for r in report["rows"] if r["kind"] == "sweep"]
+    assert tables == [[0.2] * len(TASKS), [0.4] * len(TASKS)]
