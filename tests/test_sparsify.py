@@ -193,3 +193,17 @@ def test_kth_smallest_magnitude_over_parts_is_exact(monkeypatch):
             m.setattr(sparsify, "_bracket_of", lambda sample, k, d: (np.float32(1e9), np.float32(2e9)))
             assert kth_smallest_magnitude(parts, d // 3) == expected[d // 3 - 1]
         assert all(np.array_equal(x, x0) for x, x0 in zip(xs, [p.x for p in parts]))  # inputs untouched
+
+
+def test_packed_dare_masks_drawn_in_chunks_are_the_documented_masks():
+    """The streamed DARE path draws each mask once, chunk by chunk, as packed bits: the same mask as one
+    whole draw from default_rng([seed, i, crc32(key)])."""
+    import zlib
+
+    from ppmerge.merge.sparsify import random_keep_packed
+
+    for shape, chunk in (((37, 11), 64), ((1000,), 8), ((3, 5, 7), 1 << 20), ((9,), 16)):
+        rng = np.random.default_rng([4, 2, zlib.crc32(b"w.key")])
+        whole = rng.random(shape, dtype=np.float32) >= 0.3
+        packed = random_keep_packed(shape, 0.3, 4, 2, "w.key", chunk=chunk)
+        np.testing.assert_array_equal(np.unpackbits(packed, count=whole.size).astype(bool), whole.reshape(-1))

@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from ppmerge.errors import ConfigError
+from ppmerge.merge.per_key import has_per_key, is_per_key, params_for_key, positions
 from ppmerge.merge.tensor_ops import as_numpy, float_keys, like_base, paddle
 
 
@@ -90,17 +92,53 @@ def linear_coefficients(plan, n, params):
     return base_coef, coefs, _spec(plan.sparsify(params))
 
 
+def per_key_params(base, params):
+    """{key: plain params} of every float key (per-layer / per-module values resolved), or None."""
+    if not has_per_key(params):
+        return None
+    keys = float_keys(base)
+    where = positions(keys)
+    return {key: params_for_key(params, key, where[key]) for key in keys}
+
+
+def _sample(params):
+    """Plain params for decisions that do not depend on the key (which path runs): each per-key value's
+    first point / entry."""
+    return {k: (v["gradient"][0] if "gradient" in v else v["filters"][0]["value"]) if is_per_key(v) else v
+            for k, v in params.items()}
+
+
+def _one_spec(specs, params):
+    """The sparsify spec, which must be the same on every key (masks are made per model)."""
+    first = next(iter(specs.values()))
+    if any(spec != first for spec in specs.values()):
+        names = ", ".join(f"Merge.{k}" for k, v in params.items() if is_per_key(v))
+        raise ConfigError(f"{names}: per-layer / per-module values are not supported for sparsifier parameters "
+                          f"(the masks are made per model): give one value")
+    return first
+
+
 def run_linear(plan, base, models, consume=False, **params):
     from ppmerge.merge.executor_linear import stream_linear
 
-    base_coef, coefs, spec = linear_coefficients(plan, len(models), params)
+    by_key = per_key_params(base, params)
+    if by_key is None:
+        base_coef, coefs, spec = linear_coefficients(plan, len(models), params)
+        per_key = None
+    else:
+        found = {key: linear_coefficients(plan, len(models), p) for key, p in by_key.items()}
+        spec = _one_spec({key: f[2] for key, f in found.items()}, params)
+        per_key = {key: (f[0], f[1]) for key, f in found.items()}
+        base_coef, coefs = next(iter(per_key.values()))
     if _data_free(spec):  # one path for a file stream and a list in memory
-        return stream_linear(base, models, base_coef, coefs, spec, consume)
+        return stream_linear(base, models, base_coef, coefs, spec, consume, per_key)
     from ppmerge.merge.task_vector import merge_task_vectors, task_vector_source
 
-    a = base_coef + math.fsum(coefs)  # masks that look at τ: θ₀ + τ̂_i, key by key on the device
-    return like_base(base, merge_task_vectors(base, models, lambda key, theta0, taus: theta0 * a + sum(
-        c * tau for c, tau in zip(coefs, taus)), task_vector_source(base, models, spec)))
+    def combine(key, theta0, taus):  # masks that look at τ: θ₀ + τ̂_i, key by key on the device
+        first, cs = per_key[key] if per_key else (base_coef, coefs)
+        return theta0 * (first + math.fsum(cs)) + sum(c * tau for c, tau in zip(cs, taus))
+
+    return like_base(base, merge_task_vectors(base, models, combine, task_vector_source(base, models, spec)))
 
 
 # --- Consensus (TIES family) ------------------------------------------------------------------------
@@ -119,6 +157,14 @@ def _kernel_fits(options):
 
 
 def run_consensus(plan, base, models, consume=False, **params):
+    by_key = per_key_params(base, params)
+    if by_key is not None:  # per-layer / per-module options: the reference form, tensor by tensor
+        options = {key: consensus_options(plan, p) for key, p in by_key.items()}
+        if any(o["topk_scope"] != "tensor" for o in options.values()):
+            names = ", ".join(f"Merge.{k}" for k, v in params.items() if is_per_key(v))
+            raise ConfigError(f"{names}: per-key values need topk_scope: tensor (a global top-k has one scope)")
+        _one_spec({key: o["sparsify"] for key, o in options.items()}, params)
+        return consensus_reference(plan, base, list(models), options)
     o = consensus_options(plan, params)
     args = (o["threshold"], o["merge_func"], o["scaling_factor"], o["topk_scope"], o["sparsify"])
     if _kernel_fits(o):
@@ -131,18 +177,21 @@ def run_consensus(plan, base, models, consume=False, **params):
 
 
 def consensus_reference(plan, base, models, options):
-    """The method's numpy reference form on every scope (whole model for global, else per tensor)."""
+    """The method's numpy reference form on every scope (whole model for global, else per tensor);
+    `options` may be {key: options} (per-key values, tensor scope)."""
     from ppmerge.merge.task_vector import task_vector_source
     from ppmerge.merge.tensor_ops import to_host
 
     keys = float_keys(base)
+    by_key = options if keys and keys[0] in options else None
+    options = next(iter(by_key.values())) if by_key else options
     source = task_vector_source(base, models, options["sparsify"])
     theta0 = {k: np.asarray(as_numpy(base[k]), dtype=np.float32).reshape(-1) for k in keys}
     taus = {k: np.stack([to_host(source(i, k)).reshape(-1) for i in range(len(models))]) for k in keys}
-    rest = {k: v for k, v in options.items() if k not in ("sparsify", "topk_scope")}
     groups = [keys] if options["topk_scope"] == "global" else [[k] for k in keys]
     merged = {}
     for group in groups:
+        rest = {k: v for k, v in (by_key[group[0]] if by_key else options).items() if k not in ("sparsify", "topk_scope")}
         flat = _call(plan.reference, (np.concatenate([theta0[k] for k in group]),
                                       np.concatenate([taus.pop(k) for k in group], axis=1)), rest)
         at = 0
@@ -156,8 +205,11 @@ def consensus_reference(plan, base, models, options):
 def run_per_tensor(plan, base, models, **params):
     from ppmerge.errors import UserError
 
+    by_key = per_key_params(base, params)
     merged = {}
     for key in float_keys(base):
+        if by_key:
+            params = by_key[key]
         theta0 = np.asarray(as_numpy(base[key]), dtype=np.float32)
         thetas = [np.asarray(as_numpy(m[key]), dtype=np.float32) for m in models]
         merged[key] = _call(plan.merge, (theta0, thetas), params)
@@ -175,9 +227,10 @@ def bind(plan, defaults=None):
     Parameters not given take the method's `defaults`."""
     defaults = dict(defaults or {})
     if isinstance(plan, Linear):
-        run, can = run_linear, (lambda params: _data_free(_spec(plan.sparsify(params))))
+        run, can = run_linear, (lambda params: _data_free(_spec(plan.sparsify(_sample(params)))))
     elif isinstance(plan, Consensus):
-        run, can = run_consensus, (lambda params: on_host() and _kernel_fits(consensus_options(plan, params)))
+        run, can = run_consensus, (lambda params: on_host() and not has_per_key(params)
+                                   and _kernel_fits(consensus_options(plan, params)))
     elif isinstance(plan, PerTensor):
         return (lambda base, models, **p: run_per_tensor(plan, base, models, **{**defaults, **p})), None, None
     else:

@@ -228,7 +228,7 @@ class DareMasks:
     n/32 of one float32 model. Both the base coefficient and each model's add read them."""
 
     def __init__(self, spec, shapes, num_models, threads):
-        from ppmerge.merge.sparsify import random_keep_host
+        from ppmerge.merge.sparsify import random_keep_packed
 
         self.scale = float(spec["scale"])
         self.shapes = shapes
@@ -236,7 +236,7 @@ class DareMasks:
 
         def draw(job):
             i, key = job
-            return np.packbits(random_keep_host(shapes[key], spec["ratio"], spec["seed"], i, key).reshape(-1))
+            return random_keep_packed(shapes[key], spec["ratio"], spec["seed"], i, key)
 
         with ThreadPoolExecutor(max(1, threads)) as pool:
             self.bits = dict(zip(jobs, pool.map(draw, jobs)))
@@ -251,6 +251,23 @@ class DareMasks:
 
     def coef(self, i, key, c):
         return MaskedCoef(self, i, key, np.float32(self.scale) * np.float32(c))
+
+    def scale_base(self, buffer, key, base_coef, coefs, block=1 << 20):
+        """buffer *= c₀ + Σ_i c_i·(1 − s·m_i) per entry, block by block (no whole-tensor temporaries)."""
+        flat = buffer.reshape(-1) if buffer.flags.c_contiguous else None
+        if flat is None:  # a non-contiguous buffer: the per-entry coefficient whole
+            coef = self._base_coef(key, base_coef, coefs, 0, buffer.size).reshape(buffer.shape)
+            _scale_in_place(buffer, coef)
+            return
+        for start in range(0, flat.size, block):
+            stop = min(start + block, flat.size)
+            np.multiply(flat[start:stop], self._base_coef(key, base_coef, coefs, start, stop), out=flat[start:stop])
+
+    def _base_coef(self, key, base_coef, coefs, start, stop):
+        coef = np.zeros(stop - start, dtype=np.float32)
+        for i, c in enumerate(coefs):
+            coef += np.float32(c) * (np.float32(1.0) - self.keep(i, key, start, stop) * np.float32(self.scale))
+        return np.float32(base_coef) + coef
 
 
 class MaskedCoef:
@@ -289,9 +306,10 @@ def each_model(models, n, consume):
         del model
 
 
-def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=False):
+def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=False, per_key=None):
     """θ = base_coef·θ₀ + Σ_i model_coefs[i]·θ_i over the sized iterable `models` (one model in memory at
-    a time; a list runs the same code). `sparsify`: a parsed data-free spec (dare / random) or None."""
+    a time; a list runs the same code). `sparsify`: a parsed data-free spec (dare / random) or None.
+    `per_key`: {key: (base_coef, model_coefs)} when the coefficients differ between keys."""
     n = len(model_coefs)
     if len(models) != n:
         raise UserError(f"the merge got {len(models)} models but {n} coefficients (one per model expected)")
@@ -301,20 +319,19 @@ def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=F
     masks = DareMasks(sparsify, {k: tuple(np.shape(base[k])) for k in keys}, n, threads) if sparsify else None
     # Every model with the same coefficient c (simple average, task arithmetic): accumulate
     # (c₀/c)·θ₀ + Σ θ_i and multiply by c once at the end, so each model costs one add pass.
-    common = model_coefs[0] if masks is None and n and len(set(model_coefs)) == 1 and model_coefs[0] else None
+    common = (model_coefs[0] if masks is None and per_key is None and n and len(set(model_coefs)) == 1
+              and model_coefs[0] else None)
     if common is not None:
         base_coef, model_coefs = base_coef / common, [1.0] * n
+    coefficients = per_key or {key: (base_coef, model_coefs) for key in keys}
 
     accumulator = {}
     for key in keys:  # accumulator = c₀ ⊙ θ₀ (per entry with masks: c₀ + Σ c_i·(1 − s·m_i)), over the base's buffer
         buffer = _float32_buffer(base, key, consume)
-        coef = base_coef
         if masks is not None:
-            coef = np.zeros(buffer.size, dtype=np.float32)
-            for i, c in enumerate(model_coefs):
-                coef += np.float32(c) * (np.float32(1.0) - masks.keep(i, key) * np.float32(masks.scale))
-            coef = (np.float32(base_coef) + coef).reshape(buffer.shape)
-        _scale_in_place(buffer, coef)
+            masks.scale_base(buffer, key, *coefficients[key])
+        else:
+            _scale_in_place(buffer, coefficients[key][0])
         accumulator[key] = buffer
 
     # The common factor is applied with the last model's add, while each block is in cache.
@@ -326,7 +343,8 @@ def stream_linear(base, models, base_coef, model_coefs, sparsify=None, consume=F
             then_scale = final_scale if i == n - 1 else None
 
             def coef_of(key, i=i):
-                return model_coefs[i] if masks is None else masks.coef(i, key, model_coefs[i])
+                c = coefficients[key][1][i]
+                return c if masks is None else masks.coef(i, key, c)
 
             fused = [k for k in keys if _can_fuse(model, k, accumulator[k])]
             whole = [k for k in keys if k not in set(fused)]

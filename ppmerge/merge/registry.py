@@ -91,6 +91,13 @@ class MergeMethod:
                 known = ", ".join(sorted(self.params)) or "none"
                 raise ConfigError(f"{where}: unknown parameter for method {self.name!r}{near} "
                                   f"(its parameters: {known})")
+            if self.plan is not None:  # methods run by the executor take per-layer / per-module values
+                from ppmerge.merge.per_key import per_key_form
+
+                form = per_key_form(self.params[key], value, where, check_param)
+                if form is not None:
+                    out[key] = form
+                    continue
             out[key] = check_param(self.params[key], value, where)
         return out
 

@@ -291,6 +291,16 @@ def della_keep(magnitude, density, epsilon, seed, model_index, key):
     return keep.reshape(shape), probability.reshape(shape)
 
 
+def random_keep_packed(shape, ratio, seed, model_index, key, chunk=1 << 20):
+    """random_keep_host as packed bits (np.packbits of the flat C-order mask), drawn chunk by chunk from the
+    same generator (the same stream of numbers, so the same mask) without a whole-tensor float array."""
+    rng = np.random.default_rng([seed, model_index, zlib.crc32(key.encode("utf-8"))])
+    size = int(np.prod(shape))
+    chunk -= chunk % 8  # whole bytes per chunk
+    return np.concatenate([np.packbits(rng.random(min(chunk, size - start), dtype=np.float32) >= ratio)
+                           for start in range(0, size, chunk)] or [np.empty(0, np.uint8)])
+
+
 def random_keep(shape, ratio, seed, model_index, key):
     """random_keep_host as a paddle bool tensor on the current device."""
     return paddle().to_tensor(random_keep_host(shape, ratio, seed, model_index, key))
