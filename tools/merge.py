@@ -38,6 +38,7 @@ def main(argv=None):
     from ppmerge.merge.runner import run_merge
 
     result = run_merge(cfg, progress=sys.stderr.isatty(), overwrite=args.overwrite)  # bars only on a terminal, not in logs
+    print(f"model pool (order): {result['pool_order']}")
     print(markdown_table(result), end="")
     if result["best"] is not None:
         print(f"best sweep point: {result['best']}")
