@@ -17,8 +17,9 @@ objective; a pool of regression tasks only is refused.
 The learned table (the λ used, after clamping), the entropy at each step and the settings go into the
 report (report.json, the method row's `method_info.adamerging`). `lambdas: <file>` loads such a table
 instead of training: a JSON file with the table, or a report.json holding one (models and, for layer_wise,
-keys must match the pool). Memory: θ₀ and all N task vectors on the device (N + 1 backbones) plus one
-model with gradients. GPT classifiers only: other model families are refused.
+keys must match the pool). Memory: θ₀ and the N models as float32 views (CPU, zero-copy) or copies on
+the device (N + 1 backbones), one merged backbone and one model with gradients; task vectors are made key
+by key, never stored. GPT classifiers only: other model families are refused.
 """
 import json
 import os
@@ -26,7 +27,7 @@ import os
 import numpy as np
 
 from ppmerge.errors import ConfigError
-from ppmerge.merge.lowrank import host32
+from ppmerge.merge.tensor_ops import to_device
 from ppmerge.merge.methods.fisher_merging import positive_int
 from ppmerge.merge.registry import Param, register
 from ppmerge.merge.tensor_ops import is_floating, numpy_dtype, paddle as _paddle, to_host
@@ -141,9 +142,9 @@ def _per_key(lambdas, granularity, num_keys):
     return np.repeat(lambdas[:, None], num_keys, axis=1) if granularity == "task_wise" else lambdas
 
 
-def _merge_on_device(theta0, taus, lam):
-    """{key: θ₀ + Σ_i λ[i, k] τ_i} (paddle tensors)."""
-    return {key: theta0[key] + sum(float(lam[i, k]) * tau[key] for i, tau in enumerate(taus))
+def _merge_on_device(theta0, thetas, lam):
+    """{key: θ₀ + Σ_i λ[i, k] (θ_i − θ₀)} (paddle tensors; each τ_i[key] made on the fly, never stored)."""
+    return {key: theta0[key] + sum(float(lam[i, k]) * (theta[key] - theta0[key]) for i, theta in enumerate(thetas))
             for k, key in enumerate(theta0)}
 
 
@@ -168,9 +169,9 @@ def adamerging(base, models, *, context, granularity="task_wise", init=0.3, clam
     names = list(context.task_names)
     shape = (n,) if granularity == "task_wise" else (n, len(keys))
     history = []
-    device = paddle.get_device()
-    theta0 = {k: paddle.to_tensor(host32(base[k]), place=device) for k in keys}
-    taus = [{k: paddle.to_tensor(host32(m[k]) - host32(base[k]), place=device) for k in keys} for m in models]
+    # float32 views of the pool's arrays on CPU (zero-copy), copies on an accelerator: no task vector is stored
+    theta0 = {k: to_device(base[k]) for k in keys}
+    thetas = [{k: to_device(m[k]) for k in keys} for m in models]
     if lambdas is not None:
         raw = load_lambda_table(os.path.expanduser(lambdas), names, keys, granularity)
     else:
@@ -185,7 +186,7 @@ def adamerging(base, models, *, context, granularity="task_wise", init=0.3, clam
         adam = _Adam(shape, lr)
         for _ in range(max_steps):
             used = np.clip(raw, 0.0, 1.0) if clamp else raw
-            merged = _merge_on_device(theta0, taus, _per_key(used, granularity, len(keys)))
+            merged = _merge_on_device(theta0, thetas, _per_key(used, granularity, len(keys)))
             parts = []  # per task: [K, N] device tensors of ⟨dL/dθ[k], τ_i[k]⟩, read back once per step
             total = 0.0
             for task, head in objective:
@@ -199,7 +200,8 @@ def adamerging(base, models, *, context, granularity="task_wise", init=0.3, clam
                 zero = paddle.zeros([n], dtype="float32")
                 parts.append(paddle.stack([
                     zero if params[key].grad is None else
-                    paddle.stack([paddle.sum(params[key].grad.astype("float32") * tau[key]) for tau in taus])
+                    paddle.stack([paddle.sum(params[key].grad.astype("float32") * (theta[key] - theta0[key]))
+                                  for theta in thetas])
                     for key in keys]))
                 model.clear_gradients()
             grad_k = np.sum([p.numpy().astype(np.float64) for p in parts], axis=0).T if parts else np.zeros((n, len(keys)))
@@ -209,7 +211,7 @@ def adamerging(base, models, *, context, granularity="task_wise", init=0.3, clam
                 grad = np.where((raw >= 0.0) & (raw <= 1.0), grad, 0.0)
             raw = adam.step(raw, grad)
     used = np.clip(raw, 0.0, 1.0) if clamp else raw
-    merged = _merge_on_device(theta0, taus, _per_key(used, granularity, len(keys)))
+    merged = _merge_on_device(theta0, thetas, _per_key(used, granularity, len(keys)))
     out = MergedWithInfo()
     for key, value in base.items():
         if key in merged:
