@@ -78,7 +78,8 @@ def head_names(weights, head_keys=r"^score\."):
     with open_state_dict(file) as lazy:
         keys = list(lazy.shapes)
     merged = merged_task_names(dict.fromkeys(keys))
-    plain = any(re.search(head_keys, k) for k in keys)
+    # (a LoRA training checkpoint holds the wrapped model's keys: `model.score.weight`)
+    plain = any(re.search(head_keys, k[len("model."):] if k.startswith("model.") else k) for k in keys)
     return file, merged, plain
 
 
