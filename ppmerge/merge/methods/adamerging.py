@@ -27,10 +27,9 @@ import os
 import numpy as np
 
 from ppmerge.errors import ConfigError
-from ppmerge.merge.tensor_ops import to_device
 from ppmerge.merge.methods.fisher_merging import positive_int
 from ppmerge.merge.registry import Param, register
-from ppmerge.merge.tensor_ops import is_floating, numpy_dtype, paddle as _paddle, to_host
+from ppmerge.merge.tensor_ops import is_floating, numpy_dtype, paddle as _paddle, to_device, to_host
 
 
 class MergedWithInfo(dict):
