@@ -35,6 +35,12 @@ MERGE_SCHEMA = Section({
         "task_heads": Field(dict, default=None, nullable=True,
                             help="{TASK: model name | average}: the head a task with several models is evaluated "
                                  "and saved with (default: the average of their heads)"),
+        "lora": Section({
+            "mode": Field(str, default="unload", choices=["unload", "lowrank"],
+                          help="unload: merge-and-unload each adapter into a full model, then merge (FusionBench); "
+                               "lowrank: the merge reads θ₀ + scale·(B·A)ᵀ key by key from the factors, "
+                               "no full model per adapter"),
+        }, nullable=True, help="models that are LoRA adapter folders over ModelPool.base (null = unload)"),
     }),
     # method + its parameters; the parameters are checked against the method's spec by the runner.
     "Merge": Section({"method": Field(str, help="a name of ppmerge.merge.METHODS")}, open=True),

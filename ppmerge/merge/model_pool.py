@@ -70,7 +70,7 @@ def _shapes(backbone):
     """key -> shape, without reading a streamed backbone's tensors."""
     if isinstance(backbone, Shapes):
         return dict(backbone)
-    if isinstance(backbone, StreamedBackbone):
+    if isinstance(backbone, TensorsOnDemand):  # a StreamedBackbone, a LoRA pool's LowRankModel
         return dict(backbone.shapes)
     return {key: tuple(np.shape(value)) for key, value in backbone.items()}
 
@@ -249,7 +249,8 @@ class ModelPool:
     T5's embed_tokens copies of t5.shared.weight): each copy must equal its key and is dropped, so a
     merge treats the parameter once (key-seeded masks cannot make the copies differ)."""
 
-    def __init__(self, base, models, head_keys=DEFAULT_HEAD_KEYS, task_heads=None, known_tasks=(), tied_keys=None):
+    def __init__(self, base, models, head_keys=DEFAULT_HEAD_KEYS, task_heads=None, known_tasks=(), tied_keys=None,
+                 lora=None):
         self.models = parse_models(models, tuple(known_tasks))
         self.base_path = None if base in (None, "") else str(base)
         self.names = [m.name for m in self.models]      # pool order: the order written in the config
@@ -268,6 +269,10 @@ class ModelPool:
         for what, path in checks:
             if not os.path.exists(path):
                 raise CheckpointError(f"ModelPool.{what}: model file {path!r} does not exist")
+        # models that are LoRA adapter folders over the base (ppmerge.merge.lora_pool; `lora`: ModelPool.lora)
+        from ppmerge.merge.lora_pool import lora_pool
+
+        self.lora = lora_pool(self, lora)
         self.heads = {}        # model name -> {head key: array}
         self._base = None
         self._backbones = None
@@ -276,12 +281,19 @@ class ModelPool:
     @classmethod
     def from_config(cls, section, known_tasks=()):
         return cls(section.get("base"), section["models"], section.get("head_keys") or DEFAULT_HEAD_KEYS,
-                   section.get("task_heads"), known_tasks, tied_keys=section.get("tied_keys"))
+                   section.get("task_heads"), known_tasks, tied_keys=section.get("tied_keys"),
+                   lora=section.get("lora"))
 
     # ---- tasks and names ---------------------------------------------------------------------
     @property
     def has_base(self):
         return self.base_path is not None
+
+    @property
+    def models_share_base(self):
+        """Do the models hold the base's own arrays (LoRA adapters)? Then a merge must not accumulate
+        into the base's buffers."""
+        return self.lora is not None
 
     def pool_tasks(self):
         """The distinct tasks of the pool's models, in pool order (models without a task skipped)."""
@@ -375,7 +387,7 @@ class ModelPool:
             if not self.has_base:
                 self._base = self._zero_base()
             else:
-                state_dict = _load(self.base_path, "base", "base")
+                state_dict = self.lora.base_state_dict() if self.lora else _load(self.base_path, "base", "base")
                 self._base, _ = self.split(state_dict)
                 if not self._base:
                     raise CheckpointError(f"ModelPool.base ({self.base_path}): no backbone keys "
@@ -400,6 +412,8 @@ class ModelPool:
     def load(self, name):
         """Load one fine-tuned model: check it, keep its head, return its backbone."""
         path = self.paths[name]
+        if self.lora is not None and name in self.lora.adapters:  # base + the adapter's τ (lora_pool)
+            return self._checked(name, *self.lora.backbone_and_head(name, self.base))
         state_dict = _load(path, f"models.{name}", name)
         backbone, head = self.split(state_dict, name, path)
         return self._checked(name, backbone, head)
@@ -460,6 +474,9 @@ class ModelPool:
 
         for name in self.names:
             path = self.paths[name]
+            if self.lora is not None and name in self.lora.adapters:
+                yield name, self.load(name)  # its factors only (lowrank), or its adapted weights (unload)
+                continue
             if not os.path.exists(path):
                 raise CheckpointError(f"ModelPool.models.{name}: model file {path!r} does not exist")
             with open_state_dict(path) as lazy:

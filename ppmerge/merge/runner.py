@@ -276,7 +276,9 @@ def run_merge(cfg, progress=True, overwrite=False):
     pool.base  # (after the backbones: a pool without base makes its zeros from the first one)
     timings["load"] = time.perf_counter() - tick
     # A streamed merge may accumulate into the base's own buffers unless the base row needs the base.
-    merger = _Merger(method, pool, context, stream, consume=not refs["base"], progress=progress)
+    # (Not when the models share the base's arrays: a LoRA pool's models read θ₀ from them.)
+    merger = _Merger(method, pool, context, stream, consume=not refs["base"] and not pool.models_share_base,
+                     progress=progress)
 
     rows, best_model, best_row = [], None, None
     timings["merge"] = timings["evaluate"] = 0.0
