@@ -2,7 +2,7 @@
 
 Caught here, for every tool: UserError (the message as is), OSError (`<path>: <what happened>`: disk
 full, read-only file system, a file where a folder is expected, ...), RecursionError (an input nested
-too deeply) and Ctrl-C (exit 130). Files are written atomically (ppmerge.fileio), so none of these
+too deeply), MemoryError (sizes that do not fit) and Ctrl-C (exit 130). Files are written atomically (ppmerge.fileio), so none of these
 leaves a half-written file behind."""
 import sys
 
@@ -19,6 +19,9 @@ def error_line(exc):
         return describe_os_error(exc)
     if isinstance(exc, RecursionError):
         return "input nested too deeply (a config or checkpoint with thousands of nested levels)"
+    if isinstance(exc, MemoryError):
+        return ("out of memory" + (f" ({exc})" if str(exc) else "") + ": the model or data does not fit; "
+                "check the sizes in the config (Model.*, batch_size, max_length)")
     return None
 
 
@@ -29,7 +32,7 @@ def run_tool(main, argv=None):
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except (UserError, OSError, RecursionError) as exc:
+    except (UserError, OSError, RecursionError, MemoryError) as exc:
         line = error_line(exc)
         print(f"error: {' '.join(line.split())}", file=sys.stderr)
         sys.exit(2)

@@ -9,6 +9,9 @@ METRIC_NAMES = ["Accuracy", "Mcc", "AccuracyAndF1", "PearsonAndSpearman"]
 LR_NAMES = ["LinearDecayWithWarmup", "Constant"]
 
 
+INT32_MAX = 2**31 - 1  # paddle's shapes are int32
+
+
 def _arch(types, help, **bounds):
     """An architecture field: null (the default) takes the value of the `Model.name` preset."""
     return Field(types, default=None, nullable=True, help=help + "; null = the preset's value", **bounds)
@@ -96,13 +99,13 @@ TRAIN_SCHEMA = Section({
                         help="what a training step computes"),
         "name": Field(str, default="gpt-345m", choices=MODEL_NAMES, aliases={"GPT": "gpt-345m"},
                       help="architecture preset"),
-        "vocab_size": _arch(int, "vocabulary rows", min=1),
-        "hidden_size": _arch(int, "hidden width", min=1),
-        "num_layers": _arch(int, "transformer layers", min=1),
-        "num_attention_heads": _arch(int, "attention heads", min=1),
-        "ffn_hidden_size": _arch(int, "feed-forward width", min=1),
-        "max_position_embeddings": _arch(int, "positions", min=1),
-        "type_vocab_size": _arch(int, "token type rows", min=1),
+        "vocab_size": _arch(int, "vocabulary rows", min=1, max=INT32_MAX),
+        "hidden_size": _arch(int, "hidden width", min=1, max=INT32_MAX),
+        "num_layers": _arch(int, "transformer layers", min=1, max=INT32_MAX),
+        "num_attention_heads": _arch(int, "attention heads", min=1, max=INT32_MAX),
+        "ffn_hidden_size": _arch(int, "feed-forward width", min=1, max=INT32_MAX),
+        "max_position_embeddings": _arch(int, "positions", min=1, max=INT32_MAX),
+        "type_vocab_size": _arch(int, "token type rows", min=1, max=INT32_MAX),
         "hidden_dropout_prob": _arch(float, "dropout on hidden states", min=0.0, max=1.0),
         "attention_probs_dropout_prob": _arch(float, "dropout on attention weights", min=0.0, max=1.0),
         "initializer_range": _arch(float, "std of the normal init", min=0.0),
