@@ -194,19 +194,39 @@ def write_text(path, text):
         f.write(text)
 
 
+def _merge_conflict(src, dst):
+    """The first place where moving `src`'s files into `dst` would need to replace a folder by a file or
+    a file by a folder (checked before anything moves), or None."""
+    for name in sorted(os.listdir(src)):
+        s, d = os.path.join(src, name), os.path.join(dst, name)
+        s_dir = os.path.isdir(s) and not os.path.islink(s)
+        if s_dir and os.path.isdir(d):
+            found = _merge_conflict(s, d)
+            if found:
+                return found
+        elif s_dir and os.path.lexists(d):
+            return f"{d}: exists and is not a folder; move it away"
+        elif not s_dir and os.path.isdir(d) and not os.path.islink(d):
+            return f"{d}: is a folder where ppmerge writes a file; move it away"
+    return None
+
+
 def _merge_into(src, dst):
     """Move every file of folder `src` into folder `dst` (rename, file by file, subfolders merged);
     files of the same name in `dst` are replaced, nothing else in `dst` is touched."""
+    conflict = _merge_conflict(src, dst)
+    if conflict:
+        raise OutputError(conflict)
+    _move_files(src, dst)
+
+
+def _move_files(src, dst):
     for name in sorted(os.listdir(src)):
         s, d = os.path.join(src, name), os.path.join(dst, name)
         if os.path.isdir(s) and not os.path.islink(s):
             if os.path.isdir(d):
-                _merge_into(s, d)
+                _move_files(s, d)
                 continue
-            if os.path.lexists(d):
-                raise OutputError(f"{d}: exists and is not a folder; move it away")
-        elif os.path.isdir(d) and not os.path.islink(d):
-            raise OutputError(f"{d}: is a folder where ppmerge writes a file; move it away")
         os.replace(s, d)
 
 

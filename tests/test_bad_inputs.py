@@ -1060,3 +1060,19 @@ def test_temporaries_of_another_machine_are_judged_by_age_not_pid(tmp_path):
     os.utime(old, (two_days, two_days))
     assert sorted(clean_stale_temps(str(tmp_path))) == sorted([old.name, ours.name])
     assert os.listdir(tmp_path) == [fresh.name]
+
+
+def test_a_conflict_inside_an_existing_folder_moves_nothing(tmp_path):
+    """A user's folder where ppmerge writes a file: refused before any file is moved (no mixed state)."""
+    from ppmerge.errors import UserError
+    from ppmerge.fileio import atomic_dir
+
+    out = tmp_path / "out"
+    (out / "report.json").mkdir(parents=True)      # the user's folder, named like one of our files
+    (out / "config.yaml").write_text("old")
+    with pytest.raises(UserError, match="report.json: is a folder"):
+        with atomic_dir(out, kind="merge") as tmp:
+            for name in ("a.txt", "config.yaml", "report.json"):
+                with open(os.path.join(tmp, name), "w") as f:
+                    f.write("new")
+    assert (out / "config.yaml").read_text() == "old" and sorted(os.listdir(out)) == ["config.yaml", "report.json"]
