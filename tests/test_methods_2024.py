@@ -291,3 +291,12 @@ def test_paddle_svd_branch_agrees_with_numpy():
     p = polar(a)
     np.testing.assert_allclose(p.T @ p, np.eye(5), atol=1e-5)
     np.testing.assert_allclose(p, _polar(a), atol=1e-5)
+
+
+def test_emr_needs_one_model_per_task():
+    base, models = _pool({"w": (3, 2)}, 2)
+    with pytest.raises(ConfigError, match="ModelPool.models: emr_merging builds one model per task, but the pool "
+                                          "has two models for task T0"):
+        _emr(base, models, tasks=["T0", "T0"])
+    with pytest.raises(ConfigError, match="a model without a task"):
+        _emr(base, models, tasks=["T0", None])

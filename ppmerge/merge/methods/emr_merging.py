@@ -138,6 +138,11 @@ def emr_key(taus):
 def emr_merging(base, models, *, context):
     if not models:
         raise ConfigError("emr_merging: the model pool has no models")
+    names = list(context.task_names)
+    if None in names or len(set(names)) != len(names):
+        what = "a model without a task" if None in names else \
+            f"two models for task {next(t for t in names if names.count(t) > 1)}"
+        raise ConfigError(f"ModelPool.models: emr_merging builds one model per task, but the pool has {what}")
     n = len(models)
     tau_uni, packed = {}, {}
     own = np.zeros(n)    # Σ_keys mean|τ_t|
@@ -156,7 +161,7 @@ def emr_merging(base, models, *, context):
         del taus, masks
     scales = np.divide(own, kept, out=np.zeros(n), where=kept > 0)
     host_base = {k: _host(v) for k, v in base.items()}
-    return EMRModel(host_base, tau_uni, packed, scales, context.task_names)
+    return EMRModel(host_base, tau_uni, packed, scales, names)
 
 
 emr_merging.data_note = " *(reads no data: needs the pool's task names; one model per task)*"
