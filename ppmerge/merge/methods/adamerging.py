@@ -12,7 +12,7 @@ head; the loss is Σ_tasks mean_batch H(softmax(logits)). Only the input ids are
 Since θ is linear in λ, dL/dλ_{i,k} = ⟨dL/dθ[k], τ_i[k]⟩ (one backward per task and step, in paddle on the
 current device). With `clamp`, the λ used are clip(λ, 0, 1) and no gradient flows through clipped entries
 (FusionBench's `clamp_weights`). Regression tasks (STS-B: one output, no distribution) are left out of the
-objective; a pool of regression tasks only is refused.
+objective, as are models without a task; a pool with no classification task is refused.
 
 The learned table (the λ used, after clamping), the entropy at each step and the settings go into the
 report (report.json, the method row's `method_info.adamerging`). `lambdas: <file>` loads such a table
@@ -176,22 +176,23 @@ def adamerging(base, models, *, context, granularity="task_wise", init=0.3, clam
     else:
         raw = np.full(shape, float(init))
         pool = context.task_pool
-        objective = [(t, head) for t, head in zip(names, context.heads) if not pool.spec(t).is_regression]
+        # every model of a classification task, with its own head (a model without a task has no objective)
+        objective = [(t, head) for t, head in zip(names, context.heads)
+                     if t is not None and not pool.spec(t).is_regression]
         if max_steps > 0 and not objective:
             raise ConfigError("adamerging: no classification task in the pool (its entropy objective needs class "
                               "probabilities; regression tasks such as STSB have none)")
-        streams = {t: unlabelled_batches(pool, t, batch_size, seed=context.seed + i)
-                   for i, (t, _) in enumerate(objective)}
+        streams = [unlabelled_batches(pool, t, batch_size, seed=context.seed + i) for i, (t, _) in enumerate(objective)]
         adam = _Adam(shape, lr)
         for _ in range(max_steps):
             used = np.clip(raw, 0.0, 1.0) if clamp else raw
             merged = _merge_on_device(theta0, thetas, _per_key(used, granularity, len(keys)))
             parts = []  # per task: [K, N] device tensors of ⟨dL/dθ[k], τ_i[k]⟩, read back once per step
             total = 0.0
-            for task, head in objective:
+            for (task, head), stream in zip(objective, streams):
                 model = pool.load_model(task, merged, head)
                 params = dict(model.named_parameters())
-                ids, lengths = next(streams[task])
+                ids, lengths = next(stream)
                 loss = entropy(model(paddle.to_tensor(ids), paddle.to_tensor(lengths)))
                 model.clear_gradients()
                 loss.backward()
