@@ -118,7 +118,7 @@ def test_checkpoint_without_config_uses_its_run(models, glue_suite, tmp_path):
     assert results["accuracy"] == pytest.approx(float(np.mean(logits.argmax(-1) == labels)), abs=1e-6)
 
 
-@pytest.mark.parametrize("case", ["bare", "bare_test", "other_task", "no_such_head"])
+@pytest.mark.parametrize("case", ["bare", "bare_test", "other_task", "no_such_head", "merge_config"])
 def test_a_model_without_the_tasks_head_is_an_error(models, glue_suite, tmp_path, case):
     paths, _ = models
     out = str(tmp_path / "out")
@@ -130,9 +130,14 @@ def test_a_model_without_the_tasks_head_is_an_error(models, glue_suite, tmp_path
     elif case == "other_task":
         args += ["-o", f"Engine.save_load.ckpt_dir={paths['ckpt']}", "-o", "Data.Eval.dataset.name=CoLA"]
         expected = "was fine-tuned on SST2 .* no head for CoLA"
-    else:
+    elif case == "no_such_head":
         args += ["-o", f"Model.pretrained={paths['merged']}", "-o", "Data.Eval.dataset.name=SST2", "--head", "seed7"]
         expected = "no head for 'seed7'"
+    else:  # no -c beside a merged model: its folder's config.yaml is the merge's
+        with open(os.path.join(os.path.dirname(paths["merged"]), "config.yaml"), "w") as f:
+            f.write("ModelPool: {models: {}}\nTaskPool: {model: {name: gpt-tiny}}\n")
+        args = ["-o", f"Model.pretrained={paths['merged']}", "--output-dir", out]
+        expected = "is a merge config .* give -c a training config for its architecture \\(gpt-tiny\\)"
     proc = _run(*args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -186,4 +186,10 @@ def config_path_for(config, overrides):
         where = f" (none beside {weights})" if weights else ""
         raise ConfigError(f"no config: give -c CONFIG, or -o Engine.save_load.ckpt_dir=/ -o Model.pretrained= "
                           f"a checkpoint of a tools/train.py run (its {RUN_CONFIG} is read){where}")
+    run_cfg = read_run_config(found) or {}
+    if "ModelPool" in run_cfg:  # beside a merged model: the merge's config, not a training one
+        arch = ((run_cfg.get("TaskPool") or {}).get("model") or {}).get("name") or "the pool's"
+        raise ConfigError(f"{found} is a merge config ({weights} is a merged model): give -c a training config "
+                          f"for its architecture ({arch}), e.g. configs/gpt/finetune_gpt_345M_single_card_glue.yaml, "
+                          f"and -o Data.Eval.dataset.name=<TASK> -o Data.Eval.dataset.root=<data>")
     return found
