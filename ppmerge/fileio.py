@@ -251,9 +251,11 @@ def atomic_dir(path, kind=None):
     tmp = tempfile.mkdtemp(prefix=_temp_prefix(path if where == parent else _STAGING), suffix=".tmp", dir=where)
     try:
         yield tmp
+        written = _relative_files(tmp)
+        previous = _marker_files(path) if kind and output_kind(path) == kind else {}
         if kind:
             with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
-                f.write(_marker_text(kind))
+                f.write(_marker_text(kind, {rel: _signature(os.path.join(tmp, rel)) for rel in written}))
         moved = False
         _honour_umask(tmp, folder=True)
         if where == parent:
@@ -266,14 +268,61 @@ def atomic_dir(path, kind=None):
         if not moved:
             _merge_into(tmp, path)
             shutil.rmtree(tmp, ignore_errors=True)
+            # Files the previous run of this kind wrote and this one did not (say, a sweep's plot): ours,
+            # and now stale, so removed, unless changed since (size or mtime): then someone's, and kept.
+            for rel in sorted(set(previous) - set(written)):
+                target = os.path.join(path, rel)
+                if not os.path.islink(target) and os.path.isfile(target) and _signature(target) == previous[rel]:
+                    with contextlib.suppress(OSError):
+                        os.remove(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _marker_text(kind):
-    return (f"{kind}\n# Written by ppmerge: this folder is a ppmerge {kind} output. ppmerge writes into it "
+def _marker_text(kind, files=None):
+    text = (f"{kind}\n# Written by ppmerge: this folder is a ppmerge {kind} output. ppmerge writes into it "
             f"again (replacing only its own files); delete this file to make ppmerge refuse the folder.\n")
+    if files:
+        text += ("# The files ppmerge wrote here last time (size, mtime_ns, path): its next run replaces them, "
+                 "or removes those it no longer writes unless they changed since; nothing else is touched.\n")
+        text += "".join(f"file: {size} {mtime} {rel}\n" for rel, (size, mtime) in files.items())
+    return text
+
+
+def _signature(path):
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _relative_files(folder):
+    """Every file under `folder`, as sorted relative paths (the marker excluded)."""
+    out = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), folder)
+            if rel != MARKER:
+                out.append(rel)
+    return sorted(out)
+
+
+def _marker_files(path):
+    """{relative path: (size, mtime_ns)} of the files a marked folder's last run wrote (its marker);
+    only well-formed entries for plain relative paths inside the folder."""
+    try:
+        with open(os.path.join(path, MARKER), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    files = {}
+    for line in lines:
+        parts = line.split(" ", 3)
+        if len(parts) != 4 or parts[0] != "file:" or not (parts[1].isdigit() and parts[2].isdigit()):
+            continue
+        rel = os.path.normpath(parts[3])
+        if not os.path.isabs(rel) and not rel.startswith("..") and rel != MARKER:
+            files[rel] = (int(parts[1]), int(parts[2]))
+    return files
 
 
 def output_kind(path):

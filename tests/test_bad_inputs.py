@@ -811,6 +811,23 @@ def test_output_folder_rule(tmp_path):
     with atomic_dir(out, kind="merge") as tmp:
         (open(os.path.join(tmp, "a.txt"), "w")).write("2")
     assert (out / "a.txt").read_text() == "2" and (out / "user.txt").read_text() == "mine"
+    with atomic_dir(out, kind="merge") as tmp:  # a rerun that no longer writes a.txt: ours, unchanged: it goes
+        (open(os.path.join(tmp, "b.txt"), "w")).write("3")
+        (open(os.path.join(tmp, "c.txt"), "w")).write("3")
+    assert sorted(os.listdir(out)) == [MARKER, "b.txt", "c.txt", "user.txt"]
+    (out / "c.txt").write_text("edited by the user")  # changed since: no longer ours to remove
+    with atomic_dir(out, kind="merge") as tmp:
+        (open(os.path.join(tmp, "b.txt"), "w")).write("4")
+    assert sorted(os.listdir(out)) == [MARKER, "b.txt", "c.txt", "user.txt"]
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not in the folder")
+    stat = os.stat(outside)
+    (out / MARKER).write_text(f"merge\nfile: {stat.st_size} {stat.st_mtime_ns} ../outside.txt\n"
+                              f"file: {stat.st_size} {stat.st_mtime_ns} {outside}\n")
+    with atomic_dir(out, kind="merge") as tmp:  # a hand-made marker cannot reach outside the folder
+        (open(os.path.join(tmp, "b.txt"), "w")).write("5")
+    assert outside.exists() and (out / "b.txt").read_text() == "5"
+    outside.unlink()
     with pytest.raises(UserError, match="merge output"):
         prepare_output_dir(out, "train")
     foreign = tmp_path / "f"
