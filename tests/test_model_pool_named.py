@@ -251,3 +251,22 @@ def test_methods_without_base_and_a_sweep_over_a_per_model_map(pool, glue_suite,
     raw["Sweep"] = {"grid": {"Merge.scaling_factor.SST2": [0.0, 0.5]}}
     result = run(raw)
     assert [r["params"]["scaling_factor"] for r in result["rows"]] == [[1.0, 0.0], [1.0, 0.5]]
+
+
+def test_cabs_order_by_names_or_positions(pool):
+    """CABS's `order` (pool indices in masking order) from a list of names or a {name: position} map."""
+    from ppmerge.merge import get_method
+    from ppmerge.merge.model_pool import ModelPool
+    from ppmerge.merge.runner import per_model_params
+
+    paths, _ = pool
+    models = ModelPool(paths["base"], {"a": paths["SST2"], "b": paths["MNLI"], "c": paths["STSB"]})
+    cabs = get_method("cabs")
+    assert per_model_params(cabs, {"order": ["c", "a", "b"]}, models)["order"] == [2, 0, 1]
+    # positions a: 2, b: 0, c: 1 -> masking order b, c, a
+    assert per_model_params(cabs, {"order": {"a": 2, "b": 0, "c": 1}}, models)["order"] == [1, 2, 0]
+    assert per_model_params(cabs, {"scaling_factor": {"c": 0.1, "a": 0.3, "b": 0.2}}, models)["scaling_factor"] == [0.3, 0.2, 0.1]
+    with pytest.raises(ConfigError, match="Merge.order: a map gives each model its position"):
+        per_model_params(cabs, {"order": {"a": 0, "b": 0, "c": 1}}, models)
+    with pytest.raises(ConfigError, match="Merge.order: 'd' is not a model of the pool"):
+        per_model_params(cabs, {"order": ["d", "a", "b"]}, models)

@@ -124,8 +124,9 @@ def custom_task_names(task_pool_section):
 
 def per_model_params(method, section, pool):
     """The Merge section with per-model parameters given as `{model name: value}` maps turned into
-    lists in pool order (and CABS's `order` given as model names turned into pool indices): the ONE
-    place where names become positions, before the method's parameters are checked."""
+    lists in pool order (CABS's `order`, pool indices in masking order, also as a list of model names or
+    a map {model name: position}): the ONE place where names become positions, before the method's
+    parameters are checked."""
     out = dict(section)
     for key, value in section.items():
         param = method.params.get(key)
@@ -142,6 +143,12 @@ def per_model_params(method, section, pool):
                 raise ConfigError(f"{where}: no value for model {missing[0]} (a map needs one value per model: "
                                   f"{', '.join(pool.names)})")
             out[key] = [value[n] for n in pool.names]
+            if key == "order":  # {name: position in the masking order} -> pool indices in that order
+                positions = out[key]
+                if sorted(positions) != list(range(len(positions))):
+                    raise ConfigError(f"{where}: a map gives each model its position in the order, 0..{len(positions) - 1} "
+                                      f"once each; got {value!r}")
+                out[key] = sorted(range(len(positions)), key=lambda i: positions[i])
         elif key == "order" and isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value):
             unknown = [v for v in value if v not in pool.paths]
             if unknown:
