@@ -1093,3 +1093,18 @@ def test_a_conflict_inside_an_existing_folder_moves_nothing(tmp_path):
                 with open(os.path.join(tmp, name), "w") as f:
                     f.write("new")
     assert (out / "config.yaml").read_text() == "old" and sorted(os.listdir(out)) == ["config.yaml", "report.json"]
+
+
+def test_eval_into_a_merge_output_keeps_its_marker(world, tmp_path):
+    """eval.py --output-dir = the merge's own folder: results are written beside the merged model, and the
+    folder stays a merge output (a later merge into it is still accepted)."""
+    from ppmerge.fileio import output_kind
+
+    ctx = Ctx(world, tmp_path)
+    cfg = ctx.merge_yaml(TaskPool={"tasks": [], "max_examples": 4})
+    assert run_in_process("merge", ["-c", cfg])[0] == 0
+    weights = os.path.join(ctx.out, "merged_model.pdparams")
+    code, _, err = run_in_process("eval", ctx.eval(weights=weights, extra=["--output-dir", ctx.out]))
+    assert code == 0, err[-3000:]
+    assert output_kind(ctx.out) == "merge" and any(n.startswith("eval_results_") for n in os.listdir(ctx.out))
+    assert run_in_process("merge", ["-c", cfg])[0] == 0

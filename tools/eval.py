@@ -113,9 +113,9 @@ def main(argv=None):
     _check_outputs(args, out_dir, names)
 
     outputs = _run_jobs(cfg, tasks, jobs, root, weights, args.head, keep_metric)
-    if args.output_dir:
-        from ppmerge.fileio import mark_output_dir
+    from ppmerge.fileio import is_ppmerge_output, mark_output_dir
 
+    if args.output_dir and not is_ppmerge_output(out_dir):  # keep a merge / training folder's own marker
         mark_output_dir(out_dir, "eval")
     written = _write(out_dir, jobs, outputs, weights, args.head)
     if complete:
@@ -174,11 +174,12 @@ def _write(out_dir, jobs, outputs, weights, head):
 
 def _check_outputs(args, out_dir, names):
     """Before the model is built: --output-dir follows ppmerge.fileio's folder rule (new, empty, an earlier
-    eval output, or --overwrite); beside the weights, an existing result file is replaced only inside a
-    ppmerge output folder or with --overwrite."""
+    eval output, or --overwrite) unless it is a ppmerge output of another kind (a merge's folder, a
+    checkpoint); there, and beside the weights, an existing result file is replaced only inside a ppmerge
+    output folder or with --overwrite."""
     from ppmerge.fileio import is_ppmerge_output, prepare_output_dir, prepare_output_file
 
-    if args.output_dir:
+    if args.output_dir and not is_ppmerge_output(out_dir):
         prepare_output_dir(out_dir, "eval", overwrite=args.overwrite, what="--output-dir")
         return
     ours = is_ppmerge_output(out_dir)
