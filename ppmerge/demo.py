@@ -41,6 +41,7 @@ METHOD_RUNS = [
     ("emr_merging", "gpt_glue_emr_merging.yaml", [], ALL),
     ("adamerging", "gpt_glue_adamerging.yaml", ["Merge.max_steps=5", "Merge.lr=0.01"], ALL),
     ("regmean_plusplus", "gpt_glue_regmean_plusplus.yaml", ["Merge.num_regmean_examples=64"], ALL),
+    ("tsv_compression", "gpt_glue_tsv_compression.yaml", [], ALL),
 ]
 
 

@@ -300,3 +300,41 @@ def test_emr_needs_one_model_per_task():
         _emr(base, models, tasks=["T0", "T0"])
     with pytest.raises(ConfigError, match="a model without a task"):
         _emr(base, models, tasks=["T0", None])
+
+
+# ---- TSV-C (per-task low-rank task vectors) ---------------------------------------------------------
+def _tsv_c(base, models, tasks=None, **params):
+    from ppmerge.merge import MergeContext
+
+    tasks = tasks or [f"T{i}" for i in range(len(models))]
+    ctx = MergeContext(task_names=tasks, heads=[{} for _ in tasks], task_pool=None, model_cfg={})
+    return get_method("tsv_compression")(base, models, context=ctx, **params)
+
+
+def test_tsv_compression_keeps_each_tasks_top_components(tmp_path):
+    from ppmerge.merge.methods.tsv_compression import FILE, load_tsv_c
+
+    base, models = _pool({"w": (12, 20), "b": (20,)}, 3, seed=6)
+    result = _tsv_c(base, models)           # default: k = ⌊12/3⌋ = 4 per task
+    for i, m in enumerate(models):
+        tau = m["w"].astype(np.float64) - base["w"]
+        u, s, vh = np.linalg.svd(tau, full_matrices=False)
+        bb = result.task_backbone(i)
+        np.testing.assert_allclose(bb["w"], base["w"] + (u[:, :4] * s[:4]) @ vh[:4], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(bb["b"], m["b"], rtol=1e-6, atol=1e-6)
+        assert bb["step"][0] == 3
+    # the whole spectrum: each task's own model back
+    full = _tsv_c(base, models, rank_fraction=1.0)
+    np.testing.assert_allclose(full.task_backbone("T2")["w"], models[2]["w"], rtol=1e-4, atol=1e-5)
+    heads = {f"T{i}": {"score.weight": np.full((2, 2), i, np.float32)} for i in range(3)}
+    assert result.save(str(tmp_path), heads) == FILE
+    loaded, loaded_heads = load_tsv_c(str(tmp_path / FILE), base)
+    assert loaded.task_names == ["T0", "T1", "T2"] and loaded.factors["w"][0].shape == (3, 12, 4)
+    np.testing.assert_array_equal(loaded_heads["T1"]["score.weight"], heads["T1"]["score.weight"])
+    for i in range(3):
+        for k, v in result.task_backbone(i).items():
+            np.testing.assert_array_equal(loaded.task_backbone(i)[k], v)
+    with pytest.raises(ConfigError, match="Merge.rank_fraction: expected a fraction in \\(0, 1\\]"):
+        _tsv_c(base, models, rank_fraction=0.0)
+    with pytest.raises(ConfigError, match="two models for task T0"):
+        _tsv_c(base, models, tasks=["T0", "T0", "T1"])

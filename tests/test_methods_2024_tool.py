@@ -168,3 +168,24 @@ def test_a_sweep_over_iso_cts_and_adamerging_points(pool, glue_suite, tmp_path):
                         ["Merge.max_steps=0", 'Sweep.grid={"Merge.init": [0.2, 0.4]}'])
     tables = [r["method_info"]["adamerging"]["lambdas"] for r in report["rows"] if r["kind"] == "sweep"]
     assert tables == [[0.2] * len(TASKS), [0.4] * len(TASKS)]
+
+
+def test_tsv_compression_through_the_tool(pool, glue_suite, tmp_path):
+    from ppmerge.merge.methods.tsv_compression import FILE, load_tsv_c
+
+    paths, sds = pool
+    out = str(tmp_path / "out")
+    report = run_config("tsv_compression", paths, glue_suite["glue"], out)
+    assert report["model_file"] == os.path.join(out, FILE)
+    backbone, models = _backbones(sds)
+    loaded, heads = load_tsv_c(os.path.join(out, FILE), backbone)
+    row = [r for r in report["rows"] if r["kind"] == "merged"][0]
+    task_pool = _task_pool(glue_suite["glue"])
+    for task, model in zip(TASKS, models):
+        bb = loaded.task_backbone(task)
+        key = "gpt.decoder.layers.0.linear1.weight"   # 64 x 256: r = 64, k = 21 per task
+        tau = model[key].astype(np.float64) - backbone[key]
+        u, s, vh = np.linalg.svd(tau, full_matrices=False)
+        np.testing.assert_allclose(bb[key], backbone[key] + (u[:, :21] * s[:21]) @ vh[:21], rtol=1e-4, atol=1e-5)
+        own = task_pool.evaluate(bb, {task: heads[task]}, [task])[task]
+        assert row["metrics"][task]["main"] == pytest.approx(own["main"], abs=1e-6)

@@ -13,7 +13,7 @@ END = "<!-- methods:end -->"
 ORDER = ["simple_average", "weighted_average", "task_arithmetic", "ties_merging", "dare_simple_average",
          "dare_task_arithmetic", "dare_ties_merging", "cabs", "breadcrumbs", "breadcrumbs_ties", "della",
          "della_linear", "slerp", "multislerp", "karcher", "model_stock", "task_singular_vectors", "iso_c", "iso_cts",
-         "wudi_merging", "emr_merging", "fisher_merging", "regmean", "regmean_plusplus", "adamerging",
+         "wudi_merging", "emr_merging", "tsv_compression", "fisher_merging", "regmean", "regmean_plusplus", "adamerging",
          "simple_ensemble"]
 
 

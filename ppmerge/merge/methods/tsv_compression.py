@@ -1,0 +1,154 @@
+"""tsv_compression (TSV-C, Gargiulo et al., CVPR 2025): each task keeps its own low-rank task vector, its
+top k singular components per weight matrix (k = ⌊rank_fraction·r⌋, default fraction 1/T: the share TSV-M
+keeps per task; at least 1), and task t runs with θ₀ + U_t S_t V_tᵀ (other keys: its full τ_t, small).
+
+Like `emr_merging` the result is per task (`LowRankTasks`: `.task_backbone(task)`, `.evaluate(task_pool,
+heads, tasks)` building one task's backbone at a time, `.save(folder, heads)`), written as one safetensors
+file `tsv_c_model.safetensors`:
+
+    u.<key>   float32 [T, m, k]     s.<key>  float32 [T, k]     vh.<key>  float32 [T, k, n]
+    tau.<key> float32 [T, ...]      (keys that are not matrices)
+    heads.<task>.<key>              metadata: format "ppmerge-tsv-c", version "1", tasks, base_keys
+
+Size per m x n matrix: T·k·(m + n + 1) floats (k = r/T: r·(m + n), ≈ 2 matrices when square, ≈ 1 for an
+embedding table) against T matrices for the fine-tuned models. `load_tsv_c(path, base)` reads it back.
+"""
+import json
+import os
+
+import numpy as np
+
+from ppmerge.errors import CheckpointError, ConfigError
+from ppmerge.merge.lowrank import host32, is_matrix, svd
+from ppmerge.merge.registry import Param, register
+from ppmerge.merge.tensor_ops import is_floating, numpy_dtype
+
+FILE = "tsv_c_model.safetensors"
+FORMAT = "ppmerge-tsv-c"
+
+
+def _fraction(value, where):
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"{where}: expected a fraction in (0, 1], got {value}")
+    return float(value)
+
+
+def _host(value):
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+class LowRankTasks:
+    """The result of `tsv_compression`: θ₀ and, per task, the low-rank factors of its task vector."""
+    is_ensemble = True  # a per-task result: the runner calls .evaluate, and .save to keep it
+
+    def __init__(self, base, factors, dense, task_names):
+        self.base = base          # {key: array}
+        self.factors = factors    # {matrix key: (u [T, m, k], s [T, k], vh [T, k, n])}
+        self.dense = dense        # {other float key: [T, ...]}
+        self.task_names = list(task_names)
+
+    def __len__(self):
+        return len(self.task_names)
+
+    def task_backbone(self, task):
+        """θ₀ + U_t S_t V_tᵀ (matrices) / θ₀ + τ_t (other float keys), numpy in the base's dtypes."""
+        if isinstance(task, str):
+            if task not in self.task_names:
+                raise ConfigError(f"tsv_compression: no model for task {task!r} (tasks: {', '.join(self.task_names)})")
+            task = self.task_names.index(task)
+        backbone = {}
+        for key, value in self.base.items():
+            if key in self.factors:
+                u, s, vh = (x[task] for x in self.factors[key])
+                delta = (u * s) @ vh
+            elif key in self.dense:
+                delta = self.dense[key][task]
+            else:
+                backbone[key] = _host(value)
+                continue
+            backbone[key] = (host32(value) + delta).astype(numpy_dtype(value), copy=False)
+        return backbone
+
+    def evaluate(self, task_pool, heads, tasks=None):
+        """{task: metrics}: each task with its own backbone (built here, one at a time) and head."""
+        results = {}
+        for task in (self.task_names if tasks is None else tasks):
+            results.update(task_pool.evaluate(self.task_backbone(task), heads, [task], desc=f"evaluate {task} (TSV-C)"))
+        return results
+
+    def save(self, folder, heads):
+        """Write FILE into `folder` (atomically); returns its name."""
+        import safetensors.numpy
+
+        from ppmerge.fileio import atomic_path
+
+        tensors = {}
+        for key, (u, s, vh) in self.factors.items():
+            tensors.update({f"u.{key}": u, f"s.{key}": s, f"vh.{key}": vh})
+        tensors.update({f"tau.{key}": value for key, value in self.dense.items()})
+        for task, head in heads.items():
+            tensors.update({f"heads.{task}.{k}": host32(v) for k, v in head.items()})
+        metadata = {"format": FORMAT, "version": "1", "tasks": json.dumps(self.task_names),
+                    "base_keys": json.dumps(list(self.base))}
+        with atomic_path(os.path.join(folder, FILE)) as tmp:
+            safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+                                        metadata=metadata)
+        return FILE
+
+
+def load_tsv_c(path, base):
+    """(LowRankTasks, heads {task: {key: array}}) from a saved FILE and the base backbone it was made from."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not a TSV-C file (metadata format {meta.get('format')!r}, "
+                                  f"expected {FORMAT!r})")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    missing = [k for k in json.loads(meta["base_keys"]) if k not in base]
+    if missing:
+        raise CheckpointError(f"{path}: base key {missing[0]!r} is missing from the given base")
+    factors = {k[2:]: (v, tensors["s." + k[2:]], tensors["vh." + k[2:]]) for k, v in tensors.items()
+               if k.startswith("u.")}
+    dense = {k[4:]: v for k, v in tensors.items() if k.startswith("tau.")}
+    heads = {}
+    for key, value in tensors.items():
+        if key.startswith("heads."):
+            task, name = key[len("heads."):].split(".", 1)
+            heads.setdefault(task, {})[name] = value
+    return LowRankTasks(base, factors, dense, json.loads(meta["tasks"])), heads
+
+
+@register("tsv_compression", data_dependent=True, params={
+    "rank_fraction": Param("float", None, "share k/r of each matrix's singular components every task keeps "
+                           "(null: 1/T, TSV-M's share)", nullable=True, check=_fraction),
+}, doc="TSV-C: per task, its task vector's top k singular components per matrix (k = r/T by default); task t "
+       "runs θ₀ + U_t S_t V_tᵀ (saved as the factors, one file)")
+def tsv_compression(base, models, *, context, rank_fraction=None):
+    names = list(context.task_names)
+    if not models:
+        raise ConfigError("tsv_compression: the model pool has no models")
+    if None in names or len(set(names)) != len(names):
+        what = "a model without a task" if None in names else \
+            f"two models for task {next(t for t in names if names.count(t) > 1)}"
+        raise ConfigError(f"ModelPool.models: tsv_compression keeps one model per task, but the pool has {what}")
+    fraction = 1.0 / len(models) if rank_fraction is None else rank_fraction
+    factors, dense = {}, {}
+    for key, value in base.items():
+        if not is_floating(value):
+            continue
+        theta0 = host32(value)
+        taus = [host32(m[key]) - theta0 for m in models]
+        if not is_matrix(theta0):
+            dense[key] = np.stack(taus)
+            continue
+        k = max(1, int(min(theta0.shape) * fraction))
+        parts = [svd(tau) for tau in taus]
+        factors[key] = (np.stack([u[:, :k] for u, _, _ in parts]), np.stack([s[:k] for _, s, _ in parts]),
+                        np.stack([vh[:k] for _, _, vh in parts]))
+        del taus, parts
+    return LowRankTasks({k: _host(v) for k, v in base.items()}, factors, dense, names)
+
+
+tsv_compression.data_note = " *(reads no data: needs the pool's task names; one model per task)*"
