@@ -12,10 +12,11 @@ from ppmerge.merge.tensor_ops import is_floating, numpy_dtype, paddle as _paddle
 
 
 def host32(x):
-    """A float32 numpy copy of a state-dict value (numpy or paddle, any dtype incl. bfloat16)."""
+    """A state-dict value (numpy or paddle, any dtype incl. bfloat16) as a float32 numpy array: the array
+    itself when it already is one (callers never write into it), else a converted copy."""
     if isinstance(x, np.ndarray):
-        return np.array(x, dtype=np.float32)
-    return np.array(to_host(to_device(x)), dtype=np.float32)
+        return np.asarray(x, dtype=np.float32)
+    return np.asarray(to_host(to_device(x)), dtype=np.float32)
 
 
 def svd(a):
