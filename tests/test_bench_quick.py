@@ -81,6 +81,16 @@ def test_eval_bench_quick():
     assert 0.0 <= r["max_abs_logit_diff"] < 1e-4
     assert 0.0 <= r["dynamic"]["metric"]["accuracy"] <= 1.0
     assert 3 <= r["lengths"]["median"] <= r["lengths"]["max"] <= r["max_length"]
+    # the T5 arm: generation with length-sorted dynamic padding vs FusionBench's pad-to-512, same answers
+    t5 = r["t5"]
+    assert t5["samples"] == 32 and t5["pad_to"] == 512 and t5["goal"] == 3.0
+    for arm in ("dynamic", "pad_512"):
+        assert positive(t5[arm]["seconds"]) and positive(t5[arm]["samples_per_s"])
+        assert t5[arm]["metric"]["num_examples"] == 32 and 0.0 <= t5[arm]["metric"]["invalid_rate"] <= 1.0
+    assert t5["speedup"] == pytest.approx(t5["dynamic"]["samples_per_s"] / t5["pad_512"]["samples_per_s"])
+    assert t5["answers_identical"] is True and t5["dynamic"]["metric"] == t5["pad_512"]["metric"]
+    assert t5["answers_shape"] == [32, 9] and t5["distinct_answers"] > 1   # input-dependent answers
+    assert t5["lengths"]["max"] < 512
 
 
 def test_sweep_bench_quick():
