@@ -105,6 +105,27 @@ def test_task_name_is_enough_and_metric_follows_the_task(models, glue_suite, tmp
     assert mm["accuracy"] == pytest.approx(float(np.mean(logits.argmax(-1) == labels)), abs=1e-6)
 
 
+def _merge_config_beside(weights):
+    with open(os.path.join(os.path.dirname(weights), "config.yaml"), "w") as f:
+        f.write("Global: {device: cpu}\nModelPool: {models: {}}\nTaskPool: {model: {name: gpt-tiny}}\n")
+
+
+def test_merged_model_needs_only_the_task(models, glue_suite, tmp_path):
+    """No -c beside a merged model: the merge's config.yaml gives the architecture; the task name and the
+    data are enough, and the numbers equal those of an explicit training config."""
+    paths, _ = models
+    _merge_config_beside(paths["merged"])
+    results = {}
+    for name, extra in (("implied", []), ("explicit", ["-c", TINY])):
+        out = str(tmp_path / name)
+        assert _eval_tool().main(extra + ["-o", f"Model.pretrained={paths['merged']}", "-o", "Data.Eval.dataset.name=CoLA",
+                                          "-o", f"Data.Eval.dataset.root={glue_suite['glue']}", "--output-dir", out]) == 0
+        with open(os.path.join(out, "eval_results_CoLA_dev.json")) as f:
+            results[name] = json.load(f)
+    assert results["implied"]["mcc"] == results["explicit"]["mcc"]
+    assert results["implied"]["loss"] == results["explicit"]["loss"] and results["implied"]["task"] == "CoLA"
+
+
 def test_checkpoint_without_config_uses_its_run(models, glue_suite, tmp_path):
     """No -c: the run's config.yaml beside the checkpoint gives the task (SST2) and the config."""
     paths, merged = models
@@ -133,11 +154,10 @@ def test_a_model_without_the_tasks_head_is_an_error(models, glue_suite, tmp_path
     elif case == "no_such_head":
         args += ["-o", f"Model.pretrained={paths['merged']}", "-o", "Data.Eval.dataset.name=SST2", "--head", "seed7"]
         expected = "no head for 'seed7'"
-    else:  # no -c beside a merged model: its folder's config.yaml is the merge's
-        with open(os.path.join(os.path.dirname(paths["merged"]), "config.yaml"), "w") as f:
-            f.write("ModelPool: {models: {}}\nTaskPool: {model: {name: gpt-tiny}}\n")
+    else:  # no -c beside a merged model (its folder's config.yaml is the merge's) and no task named
+        _merge_config_beside(paths["merged"])
         args = ["-o", f"Model.pretrained={paths['merged']}", "--output-dir", out]
-        expected = "is a merge config .* give -c a training config for its architecture \\(gpt-tiny\\)"
+        expected = "is a merged model: say which task to evaluate with -o Data.Eval.dataset.name=<TASK>"
     proc = _run(*args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

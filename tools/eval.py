@@ -61,7 +61,8 @@ def main(argv=None):
     from ppmerge.runtime import parse_device
 
     overrides = list(args.override) + ([f"Global.device={args.device}"] if args.device else [])
-    cfg = load_config(task_eval.config_path_for(args.config, overrides), overrides)
+    config, implied = task_eval.config_for(args.config, overrides, args.tasks, args.data_root)  # before the user's -o
+    cfg = load_config(config, implied + overrides)
     parse_device(cfg["Global"]["device"])
     weights = cfg["Engine"]["save_load"].get("ckpt_dir") or cfg["Model"].get("pretrained")
     if not weights:

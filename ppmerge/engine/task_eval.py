@@ -178,8 +178,24 @@ def weights_from_overrides(overrides):
 
 def config_path_for(config, overrides):
     """-c, or the run's config.yaml beside the weights named by -o; ConfigError when there is neither."""
+    return config_for(config, overrides)[0]
+
+
+GPT_BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                               "configs", "gpt", "finetune_gpt_base.yaml")
+_ARCH_KEYS = ("name", "vocab_size", "hidden_size", "num_layers", "num_attention_heads", "ffn_hidden_size",
+              "max_position_embeddings", "type_vocab_size", "hidden_dropout_prob", "attention_probs_dropout_prob",
+              "initializer_range", "fused_linear")
+
+
+def config_for(config, overrides, tasks=None, data_root=None):
+    """(config path, extra overrides put before the user's): -c as given; else the run's config.yaml
+    beside the weights; beside a merged GPT model (whose config.yaml is the merge's) the repo's GPT base
+    config with the merge's architecture (TaskPool.model) and tokenizer, and Data.Train naming the
+    task of Data.Eval -- so `-o Model.pretrained=<merged> -o Data.Eval.dataset.name=X -o
+    Data.Eval.dataset.root=<data>` is enough. ConfigError when there is no config to use."""
     if config:
-        return config
+        return config, []
     weights = weights_from_overrides(overrides)
     found = find_run_config(weights)
     if found is None:
@@ -187,9 +203,27 @@ def config_path_for(config, overrides):
         raise ConfigError(f"no config: give -c CONFIG, or -o Engine.save_load.ckpt_dir=/ -o Model.pretrained= "
                           f"a checkpoint of a tools/train.py run (its {RUN_CONFIG} is read){where}")
     run_cfg = read_run_config(found) or {}
-    if "ModelPool" in run_cfg:  # beside a merged model: the merge's config, not a training one
-        arch = ((run_cfg.get("TaskPool") or {}).get("model") or {}).get("name") or "the pool's"
+    if "ModelPool" not in run_cfg:
+        return found, []
+    # beside a merged model: the merge's config, not a training one
+    task_pool = run_cfg.get("TaskPool") or {}
+    arch = dict(task_pool.get("model") or {})
+    if _family(arch) != "gpt" or not os.path.isfile(GPT_BASE_CONFIG):
         raise ConfigError(f"{found} is a merge config ({weights} is a merged model): give -c a training config "
-                          f"for its architecture ({arch}), e.g. configs/gpt/finetune_gpt_345M_single_card_glue.yaml, "
-                          f"and -o Data.Eval.dataset.name=<TASK> -o Data.Eval.dataset.root=<data>")
-    return found
+                          f"for its architecture ({arch.get('name') or 'the pool model'}) and "
+                          f"-o Data.Eval.dataset.name=<TASK> -o Data.Eval.dataset.root=<data>")
+    from ppmerge.config.overrides import parse_override
+
+    given = dict(parse_override(o) for o in overrides)
+    task = given.get("Data.Eval.dataset.name")
+    if not task and tasks:  # --tasks: the config's own task is only a placeholder
+        task = "SST2" if [t.lower() for t in tasks] == ["all"] else tasks[0]
+    if not task:
+        raise ConfigError(f"{weights} is a merged model: say which task to evaluate with "
+                          f"-o Data.Eval.dataset.name=<TASK> (and -o Data.Eval.dataset.root=<data>)")
+    root = given.get("Data.Eval.dataset.root") or data_root or task_pool.get("data_root") or "./dataset"
+    extra = [f"Model.{k}={v}" for k, v in arch.items() if k in _ARCH_KEYS and v is not None]
+    extra += [f"Tokenizer.{k}={v}" for k, v in (task_pool.get("tokenizer") or {}).items() if v is not None]
+    extra += [f"Global.device={(run_cfg.get('Global') or {}).get('device') or 'cpu'}",
+              f"Data.Train.dataset.name={task}", f"Data.Train.dataset.root={root}", f"Data.Eval.dataset.root={root}"]
+    return GPT_BASE_CONFIG, extra
