@@ -9,9 +9,9 @@ current device; θ = θ₀ + τ_m. Other keys (biases, LayerNorms): θ₀ + mean
 
 Layout: Paddle keeps a Linear weight as [in, out], the transpose of torch's, so on those keys the loss is
 computed on the transposes (Σ_i ‖τ_iᵀ(τ_m − τ_i)‖²_F / ‖τ_i‖²_F in Paddle's layout): the same objective
-as the paper. Embedding tables (keys containing "embed": [vocab, hidden] in both frameworks) use the
-formula as written. A task whose τ_i is zero on a key adds nothing to that key's loss. Deterministic: no
-randomness (the start point and the steps are fixed).
+as the paper. Embedding tables (keys containing "embed" or "shared", T5's tied table: [vocab, hidden] in
+both frameworks) use the formula as written. A task whose τ_i is zero on a key adds nothing to that key's
+loss. Deterministic: no randomness (the start point and the steps are fixed).
 """
 import numpy as np
 
@@ -34,7 +34,8 @@ def _positive(value, where):
 
 
 def is_embedding(key):
-    return "embed" in key
+    """An embedding table ([vocab, hidden] in torch and Paddle alike; T5's tied `shared`), not a Linear."""
+    return "embed" in key or "shared" in key
 
 
 def wudi_matrix(taus, iter_num=300, lr=1e-5, rows_are_outputs=False):
