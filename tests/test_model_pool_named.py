@@ -270,3 +270,31 @@ def test_cabs_order_by_names_or_positions(pool):
         per_model_params(cabs, {"order": {"a": 0, "b": 0, "c": 1}}, models)
     with pytest.raises(ConfigError, match="Merge.order: 'd' is not a model of the pool"):
         per_model_params(cabs, {"order": ["d", "a", "b"]}, models)
+
+
+def test_mnli_matched_and_mismatched_columns_in_one_report(pool, glue_suite, tmp_path):
+    """TaskPool.tasks: [MNLI-m, MNLI-mm, SST2]: two MNLI columns (each split, the MNLI head), equal to the
+    single-split runs; the fine-tuned row too; a view of a task without a model is refused."""
+    paths, _ = pool
+    models = {"MNLI": paths["MNLI"], "SST2": paths["SST2"]}
+    raw = named_config(paths, glue_suite["glue"], str(tmp_path / "both"), models, ["MNLI-m", "mnli-mm", "SST2"])
+    raw["Output"]["reference_rows"] = {"finetuned": True}
+    result = run(raw)
+    assert result["tasks"] == ["MNLI-m", "MNLI-mm", "SST2"]
+    assert result["splits"] == {"MNLI-m": "dev_matched", "MNLI-mm": "dev_mismatched", "SST2": "dev"}
+    assert result["main_metric"]["MNLI-mm"] == "Accuracy"
+    rows = {r["name"]: r for r in result["rows"]}
+    for split, column in (("dev_matched", "MNLI-m"), ("dev_mismatched", "MNLI-mm")):
+        single = named_config(paths, glue_suite["glue"], str(tmp_path / split), models, ["MNLI"])
+        single["TaskPool"]["splits"] = {"MNLI": split}
+        single["Output"]["reference_rows"] = {"finetuned": True}
+        one = {r["name"]: r for r in run(single)["rows"]}
+        for name in ("simple_average", "finetuned"):
+            assert rows[name]["metrics"][column]["main"] == pytest.approx(one[name]["metrics"]["MNLI"]["main"], abs=1e-9)
+    assert "| MNLI-m (acc) | MNLI-mm (acc) |" in open(os.path.join(str(tmp_path / "both"), "report.md")).read()
+    raw["TaskPool"]["tasks"] = ["MNLI-mm", "CoLA:dev"]
+    with pytest.raises(ConfigError, match="TaskPool.tasks: task CoLA:dev has no fine-tuned model"):
+        run(raw)
+    raw["TaskPool"]["tasks"] = ["SST2:dev_mismatched"]
+    with pytest.raises(ConfigError, match="'SST2:dev_mismatched': split 'dev_mismatched' is not valid for SST2"):
+        run(raw)

@@ -39,6 +39,30 @@ DEFAULTS = {
 }
 
 
+# Evaluation views: a task evaluated on another split under its own column name. GLUE's MNLI-m / MNLI-mm,
+# or any `TASK:split` (e.g. `CoLA:dev_out_of_domain`); the task's head is used.
+_GLUE_VIEWS = {"mnli-m": ("MNLI", "dev_matched"), "mnli-mm": ("MNLI", "dev_mismatched")}
+
+
+def parse_eval_view(name):
+    """(task, split) of a view name (`MNLI-mm`, `MNLI:dev_mismatched`), or None for a plain task name."""
+    text = str(name)
+    if text.lower() in _GLUE_VIEWS:
+        return _GLUE_VIEWS[text.lower()]
+    if ":" in text:
+        task, split = text.split(":", 1)
+        return task, split
+    return None
+
+
+def view_name(task, split):
+    """The column name of a view: MNLI-m / MNLI-mm for MNLI's dev splits, else `TASK:split`."""
+    for name, target in _GLUE_VIEWS.items():
+        if target == (task, split):
+            return {"mnli-m": "MNLI-m", "mnli-mm": "MNLI-mm"}[name]
+    return f"{task}:{split}"
+
+
 class TaskPool:
     def __init__(self, tasks, model, data_root="./dataset", layout="glue", roots=None, split="dev",
                  batch_size=32, max_length=128, max_examples=-1, tokenizer=None, num_workers=0,
@@ -59,7 +83,13 @@ class TaskPool:
                        for name, section in (datasets or {}).items()}
         self.custom_roots = {str(name): (section or {}).get("root") for name, section in (datasets or {}).items()}
         self.specs = {}
+        self.views = {}       # view name -> (task name, split), e.g. MNLI-mm -> (MNLI, dev_mismatched)
         for name in tasks:
+            view = self._parse_view(name, "TaskPool.tasks")
+            if view is not None:
+                self.views[view[0]] = view[1:]
+                self.specs[view[0]] = self.spec(view[1])
+                continue
             spec = self.custom.get(str(name)) or get_task(name)
             self.specs[spec.name] = spec
         self.tasks = list(self.specs)
@@ -111,10 +141,43 @@ class TaskPool:
                 raise ConfigError(f"TaskPool.splits.{task}: {exc}") from None
         return out
 
+    def _parse_view(self, name, where="task"):
+        """(view name, task name, split) of a view, or None; ConfigError for a bad task or split."""
+        from ppmerge.data import get_task
+        from ppmerge.data.readers import normalize_split
+        from ppmerge.errors import UserError
+
+        if not isinstance(name, str):
+            return None
+        if name in getattr(self, "views", {}):
+            return (name, *self.views[name])
+        view = parse_eval_view(name)
+        if view is None:
+            return None
+        try:
+            spec = self.custom.get(view[0]) or get_task(view[0])
+            split = normalize_split(spec, view[1])
+        except UserError as exc:
+            raise ConfigError(f"{where}: {name!r}: {exc}") from None
+        return view_name(spec.name, split), spec.name, split
+
+    def eval_name(self, task):
+        """The column name `task` is reported under: a view's canonical name, else the task's."""
+        view = self._parse_view(task)
+        return view[0] if view else self.spec(task).name
+
+    def base_task(self, task):
+        """The task a column evaluates (a view's task; the task itself otherwise)."""
+        view = self._parse_view(task)
+        return view[1] if view else self.spec(task).name
+
     def split_of(self, task):
         """The split `task` is evaluated on: TaskPool.splits[task], else TaskPool.split (MNLI: dev = dev_matched)."""
         from ppmerge.data.readers import normalize_split
 
+        view = self._parse_view(task)
+        if view is not None:
+            return view[2]
         spec = self.spec(task)
         return self.splits.get(spec.name) or normalize_split(spec, self.split)
 
@@ -125,7 +188,12 @@ class TaskPool:
 
         if isinstance(task, str) and task in self.custom:
             return self.custom[task]
-        return self.specs.get(task) or get_task(task)
+        if task in self.specs:
+            return self.specs[task]
+        view = parse_eval_view(task) if isinstance(task, str) else None
+        if view is not None:
+            return self.spec(view[0])
+        return get_task(task)
 
     def task_root(self, task):
         from ppmerge.data.synthetic import task_root
@@ -233,6 +301,8 @@ class TaskPool:
     def _head(self, heads, task):
         """heads[task], or a one-line error when the pool has no head for it ({} for a family without heads)."""
         head = heads.get(task)
+        if not head and isinstance(task, str) and self._parse_view(task) is not None:
+            head = heads.get(self.base_task(task))  # a view uses its task's head
         if not head and self.family.head_keys is None:
             return {}
         if not head:
@@ -255,7 +325,7 @@ class TaskPool:
         """TaskPool.tasks by default; any task the pool has data for otherwise (a head is still needed)."""
         if tasks is None:
             return self.tasks
-        return [self.spec(t).name for t in tasks]
+        return [self.eval_name(t) for t in tasks]
 
     def _bar(self, tasks, desc):
         total = sum(-(-len(self.eval_indices(t)) // self.batch_size) for t in tasks)

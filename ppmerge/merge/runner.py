@@ -17,7 +17,7 @@ import time
 import numpy as np
 from ppmerge.progress import progress_bar as tqdm  # a tqdm bar on a terminal, plain lines in a log
 
-from ppmerge.errors import ConfigError
+from ppmerge.errors import ConfigError, UserError
 from ppmerge.evaluation.reports import average
 from ppmerge.merge.model_pool import ModelPool
 from ppmerge.merge.sweep import sweep_axes, sweep_points
@@ -171,13 +171,33 @@ def check_base(method, points, pool):
 
 
 def eval_tasks(task_pool_section, pool):
-    """TaskPool.tasks as canonical names, each needing a model of that task in the pool (its head)."""
+    """TaskPool.tasks as canonical names (views such as MNLI-mm kept as views), each needing a model of
+    its task in the pool (its head)."""
+    from ppmerge.evaluation.task_pool import parse_eval_view, view_name
     from ppmerge.merge.model_pool import _canonical_task
 
     custom = custom_task_names(task_pool_section)
-    tasks = [_canonical_task(str(t), "TaskPool.tasks", custom) for t in task_pool_section["tasks"]]
+    tasks, bases = [], []
+    for t in task_pool_section["tasks"]:
+        view = parse_eval_view(str(t))
+        base = _canonical_task(str(view[0] if view else t), "TaskPool.tasks", custom)
+        if view is not None:
+            from ppmerge.data.readers import normalize_split
+
+            if base in custom:  # a custom dataset's split names are its files' keys (checked by the task pool)
+                tasks.append(view_name(base, view[1]))
+            else:
+                try:
+                    tasks.append(view_name(base, normalize_split(base, view[1])))
+                except UserError as exc:
+                    raise ConfigError(f"TaskPool.tasks: {t!r}: {exc}") from None
+        else:
+            tasks.append(base)
+        bases.append(base)
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"TaskPool.tasks: a task is listed twice ({', '.join(tasks)})")
     pool_tasks = pool.pool_tasks()
-    no_model = [t for t in tasks if t not in pool_tasks]
+    no_model = [t for t, b in zip(tasks, bases) if b not in pool_tasks]
     if no_model:
         raise ConfigError(f"TaskPool.tasks: task {no_model[0]} has no fine-tuned model in ModelPool.models "
                           f"(its head is needed to evaluate it; the pool's tasks: {', '.join(pool_tasks) or 'none'})")
@@ -188,7 +208,7 @@ def finetuned_metrics(task_pool, pool, tasks):
     """{task: metrics} of the pool's own models: each task's first model (pool order) with its own head."""
     own = {}
     for task in tasks:
-        name = pool.models_of(task)[0]
+        name = pool.models_of(task_pool.base_task(task))[0]
         own.update(task_pool.evaluate(pool.backbones()[name], {task: pool.heads[name]}, [task],
                                       desc=f"evaluate {name} model"))
     return own
@@ -327,7 +347,7 @@ def run_merge(cfg, progress=True, overwrite=False):
                  for name, metrics in matrix.items()]
     if refs["finetuned"]:
         reference.append(_row("finetuned", "finetuned", finetuned_metrics(task_pool, pool, tasks), tasks,
-                              models={t: pool.models_of(t)[0] for t in tasks}))
+                              models={t: pool.models_of(task_pool.base_task(t))[0] for t in tasks}))
     timings["reference"] = time.perf_counter() - tick
 
     result = {
