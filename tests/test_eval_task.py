@@ -220,3 +220,22 @@ def test_stsb_predictions_are_clipped():
     assert prediction_strings("STS-B", np.array([[-0.7], [2.5], [5.3]])) == ["0.000", "2.500", "5.000"]
     with pytest.raises(Exception, match="NaN"):
         prediction_strings("SST2", np.array([[np.nan, 0.0]]))
+
+
+def test_submission_from_the_hugging_face_parquet_layout(models, tmp_path):
+    """--split test --tasks SST2 MNLI on GLUE in the hub's parquet layout: SST-2, MNLI-m, MNLI-mm and AX
+    (glue/ax) with one row per parquet row, index 0..n-1."""
+    from test_custom_data import _write_hf_glue
+
+    paths, merged = models
+    root = str(tmp_path / "hf")
+    rows = _write_hf_glue(root)
+    out = str(tmp_path / "sub")
+    assert _eval_tool().main(["-c", TINY, "-o", f"Model.pretrained={paths['merged']}", "--split", "test",
+                              "--tasks", "SST2", "MNLI", "--data-root", root, "--output-dir", out]) == 0
+    expected = {"SST-2.tsv": ("sst2", "test"), "MNLI-m.tsv": ("mnli", "test_matched"),
+                "MNLI-mm.tsv": ("mnli", "test_mismatched"), "AX.tsv": ("ax", "test")}
+    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == sorted(expected)
+    for name, key in expected.items():
+        sub = _read_tsv(os.path.join(out, name))
+        assert list(sub["index"]) == [str(i) for i in range(len(rows[key]["label"]))], name
