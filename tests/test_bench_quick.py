@@ -89,6 +89,7 @@ def test_eval_bench_quick():
         assert t5[arm]["metric"]["num_examples"] == 32 and 0.0 <= t5[arm]["metric"]["invalid_rate"] <= 1.0
     assert t5["speedup"] == pytest.approx(t5["dynamic"]["samples_per_s"] / t5["pad_512"]["samples_per_s"])
     assert t5["answers_identical"] is True and t5["dynamic"]["metric"] == t5["pad_512"]["metric"]
+    assert t5["speedup_rounds"] == pytest.approx([p / d for d, p in zip(t5["dynamic"]["times"], t5["pad_512"]["times"])])
     assert t5["answers_shape"] == [32, 9] and t5["distinct_answers"] > 1   # input-dependent answers
     assert t5["lengths"]["max"] < 512
 
