@@ -207,3 +207,23 @@ def test_packed_dare_masks_drawn_in_chunks_are_the_documented_masks():
         whole = rng.random(shape, dtype=np.float32) >= 0.3
         packed = random_keep_packed(shape, 0.3, 4, 2, "w.key", chunk=chunk)
         np.testing.assert_array_equal(np.unpackbits(packed, count=whole.size).astype(bool), whole.reshape(-1))
+
+
+def test_outlier_masks_equal_a_stable_sort_also_with_heavy_ties():
+    """Model Breadcrumbs' mask (O(d) selection) against positions [bottom, d − top) of a stable argsort."""
+    from ppmerge.merge.sparsify import outliers_keep
+
+    rng = np.random.default_rng(12)
+    for values in (np.abs(rng.normal(size=(40, 25))).astype(np.float32),
+                   rng.integers(0, 4, size=(40, 25)).astype(np.float32), np.zeros((7,), np.float32)):
+        d = values.size
+        for density, gamma in ((0.9, 0.01), (0.5, 0.1), (0.3, 0.5), (0.99, 0.05), (0.2, 0.0)):
+            target, top = int(density * d), int(gamma * d)
+            bottom = d - target - top
+            if bottom < 0:
+                top, bottom = top + bottom, 0
+            expected = np.zeros(d, bool)
+            expected[np.argsort(values.ravel(), kind="stable")[bottom:d - top]] = True
+            got = outliers_keep(values, density, gamma)
+            np.testing.assert_array_equal(got.ravel(), expected)
+            assert got.sum() == target

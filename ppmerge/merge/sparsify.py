@@ -275,9 +275,22 @@ def outliers_keep(magnitude, density, gamma):
     bottom = d - target - top
     if bottom < 0:  # both do not fit: fewer outliers dropped
         top, bottom = top + bottom, 0
-    keep = np.zeros(d, dtype=bool)
-    keep[np.argsort(magnitude.reshape(-1), kind="stable")[bottom:d - top]] = True
-    return keep.reshape(magnitude.shape)
+    return stable_rank_range(magnitude.reshape(-1), bottom, d - top).reshape(magnitude.shape)
+
+
+def stable_rank_range(values, lo, hi):
+    """Mask of the entries whose position in a stable ascending sort of flat `values` is in [lo, hi),
+    in O(d) (two partitions, then the entries equal to a boundary value taken in index order)."""
+    keep = np.zeros(values.size, dtype=bool)
+    if lo >= hi:
+        return keep
+    lo_value, hi_value = np.partition(values, [lo, hi - 1])[[lo, hi - 1]]
+    np.logical_and(values > lo_value, values < hi_value, out=keep)
+    for value in {float(lo_value), float(hi_value)}:
+        index = np.flatnonzero(values == value)  # sorted positions start.. start + len, by index
+        start = int(np.count_nonzero(values < value))
+        keep[index[max(lo - start, 0):max(hi - start, 0)]] = True
+    return keep
 
 
 def della_keep(magnitude, density, epsilon, seed, model_index, key):
@@ -285,7 +298,9 @@ def della_keep(magnitude, density, epsilon, seed, model_index, key):
     shape = magnitude.shape
     rows = magnitude.reshape(-1, shape[-1] if len(shape) else 1)
     m = rows.shape[1]
-    rank = np.argsort(np.argsort(rows, axis=1, kind="stable"), axis=1, kind="stable")
+    order = np.argsort(rows, axis=1, kind="stable")
+    rank = np.empty(rows.shape, dtype=np.int64)  # the inverse permutation: rank of each entry in its row
+    np.put_along_axis(rank, order, np.arange(m)[None, :], axis=1)
     probability = (density - epsilon) + (rank / (m - 1) if m > 1 else np.full(rows.shape, 0.5)) * (2.0 * epsilon)
     keep = _uniform(rows.shape, seed, model_index, key) < probability
     return keep.reshape(shape), probability.reshape(shape)
@@ -377,13 +392,15 @@ class Sparsifier:
                 self.owner[key][keep] = i
 
     def apply(self, i, key, tau):
+        if self.owner is None and self.spec["name"] == "della":  # mask and keep probability drawn once
+            keep, probability = della_keep(to_host(tau.abs()), self.spec["density"], self.spec["epsilon"],
+                                           self.spec["seed"], i, key)
+            kept = paddle().where(paddle().to_tensor(keep), tau, 0.0)
+            # each kept entry ÷ its own keep probability
+            return kept / paddle().to_tensor(probability.astype(np.float32)) if self.spec["rescale"] else kept
         if self.owner is not None:
             keep = paddle().to_tensor(self.owner[key] == i)
         else:
             keep = self.mask(i, key, tau.abs())
         kept = paddle().where(keep, tau, 0.0)
-        if self.spec["name"] == "della" and self.spec["rescale"]:  # each kept entry ÷ its own keep probability
-            probability = della_keep(to_host(tau.abs()), self.spec["density"], self.spec["epsilon"], self.spec["seed"],
-                                     i, key)[1]
-            return kept / paddle().to_tensor(probability.astype(np.float32))
         return kept * self.spec["scale"] if self.spec["scale"] != 1.0 else kept
