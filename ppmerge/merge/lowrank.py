@@ -44,21 +44,48 @@ def is_matrix(value):
     return len(value.shape) == 2
 
 
+class TaskVectors:
+    """The task vectors τ_i = θ_i − θ₀ of ONE key as a lazy sequence: each τ_i is made when asked for and
+    not kept, so a rule that walks them once holds one at a time (plus what it keeps itself)."""
+
+    def __init__(self, key, theta0, models, scales=None):
+        self.key, self.theta0, self.models, self.scales = key, theta0, models, scales
+        self.shape = theta0.shape
+
+    def __len__(self):
+        return len(self.models)
+
+    def __getitem__(self, i):
+        tau = host32(self.models[i][self.key]) - self.theta0
+        if self.scales is not None:
+            tau *= np.float32(self.scales[i])
+        return tau
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def total(self):
+        """Σ_i τ_i, accumulated one τ at a time."""
+        out = None
+        for tau in self:
+            out = tau if out is None else np.add(out, tau, out=out)
+        return out
+
+    def mean(self):
+        return self.total() / np.float32(len(self))
+
+
 def merge_matrices(base, models, matrix_rule, scale=1.0, tau_scales=None):
-    """θ₀ + scale · Δ key by key, Δ = matrix_rule([τ_1 … τ_n]) on 2-D float keys and the mean of the τ_i
-    elsewhere; `tau_scales` multiplies each τ_i first (TSV-M's per-model alpha). Non-float keys are copied
-    from the base. Returns {key: numpy array in the base's dtype}."""
+    """θ₀ + scale · Δ key by key, Δ = matrix_rule(TaskVectors of the key) on 2-D float keys and the mean of
+    the τ_i elsewhere; `tau_scales` multiplies each τ_i first (TSV-M's per-model alpha). Non-float keys are
+    copied from the base. Returns {key: numpy array in the base's dtype}."""
     merged = {}
     for key, value in base.items():
         if not is_floating(value):
             merged[key] = np.array(value if isinstance(value, np.ndarray) else value.numpy())
             continue
         theta0 = host32(value)
-        taus = []
-        for i, model in enumerate(models):
-            tau = host32(model[key]) - theta0
-            taus.append(tau * np.float32(tau_scales[i]) if tau_scales is not None else tau)
-        delta = matrix_rule(taus) if is_matrix(theta0) else np.mean(taus, axis=0)
+        taus = TaskVectors(key, theta0, models, tau_scales)
+        delta = matrix_rule(taus) if is_matrix(theta0) else taus.mean()
         merged[key] = (theta0 + np.float32(scale) * delta).astype(numpy_dtype(value), copy=False)
-        del taus
     return merged

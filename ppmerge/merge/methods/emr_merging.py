@@ -7,8 +7,9 @@ Per float key, with τ_i = θ_i − θ₀:
 - M_t = (τ_t ⊙ σ > 0);
 - λ_t = Σ_keys mean|τ_t[key]| / Σ_keys mean|(M_t ⊙ τ_uni)[key]| (per-tensor means summed over the keys, as
   the authors' code does; λ_t = 0 when M_t ⊙ τ_uni is zero everywhere: that task's update is zero anyway).
-Non-float keys stay the base's. Computed key by key (one key of every model in memory); the masks are kept
-bit-packed (numpy.packbits, 1 bit per entry and task).
+Non-float keys stay the base's. Computed key by key in two passes over the models (Σ τ_i, then masks and
+magnitudes), one τ_i in memory at a time; the masks are kept bit-packed (numpy.packbits, 1 bit per entry
+and task).
 
 The result is an `EMRModel`, not a state dict: the runner evaluates it with
 `result.evaluate(task_pool, heads, tasks)` (each task's backbone built on the fly, one at a time) and saves
@@ -30,7 +31,7 @@ import os
 import numpy as np
 
 from ppmerge.errors import CheckpointError, ConfigError
-from ppmerge.merge.lowrank import host32
+from ppmerge.merge.lowrank import TaskVectors, host32
 from ppmerge.merge.registry import register
 from ppmerge.merge.tensor_ops import is_floating, numpy_dtype
 
@@ -123,13 +124,17 @@ def load_emr(path, base):
 
 
 def emr_key(taus):
-    """(τ_uni, masks [N, ...] bool) of one key from its task vectors (float32 arrays)."""
-    sign = np.where(np.sum(taus, axis=0) > 0, np.float32(1), np.float32(-1))
-    masks = np.stack([tau * sign > 0 for tau in taus])
-    magnitude = np.zeros_like(taus[0])
-    for tau, mask in zip(taus, masks):
-        np.maximum(magnitude, np.where(mask, np.abs(tau), 0), out=magnitude)
-    return sign * magnitude, masks
+    """One key from its `TaskVectors` (two passes, one τ_i in memory at a time): (τ_uni, packed masks
+    uint8 [N, ⌈numel/8⌉], [mean|τ_t|] per task)."""
+    sign = np.where(taus.total() > 0, np.float32(1), np.float32(-1))
+    magnitude = np.zeros(taus.shape, np.float32)
+    packed, own = [], []
+    for tau in taus:
+        mask = tau * sign > 0
+        own.append(np.abs(tau).mean(dtype=np.float64))
+        np.maximum(magnitude, np.where(mask, np.abs(tau), np.float32(0)), out=magnitude)
+        packed.append(np.packbits(mask.reshape(-1)))
+    return sign * magnitude, np.stack(packed), own
 
 
 @register("emr_merging", data_dependent=True, params={},
@@ -150,15 +155,13 @@ def emr_merging(base, models, *, context):
     for key, value in base.items():
         if not is_floating(value):
             continue
-        theta0 = host32(value)
-        taus = [host32(m[key]) - theta0 for m in models]
-        uni, masks = emr_key(taus)
+        uni, packed[key], own_key = emr_key(TaskVectors(key, host32(value), models))
+        magnitude = np.abs(uni).reshape(-1)
         for t in range(n):
-            own[t] += np.abs(taus[t]).mean(dtype=np.float64)
-            kept[t] += np.abs(np.where(masks[t], uni, 0)).mean(dtype=np.float64)
+            own[t] += own_key[t]
+            mask = np.unpackbits(packed[key][t], count=magnitude.size).astype(bool)
+            kept[t] += np.where(mask, magnitude, np.float32(0)).mean(dtype=np.float64)
         tau_uni[key] = uni.astype(numpy_dtype(value), copy=False)
-        packed[key] = np.packbits(masks.reshape(n, -1), axis=1)
-        del taus, masks
     scales = np.divide(own, kept, out=np.zeros(n), where=kept > 0)
     host_base = {k: _host(v) for k, v in base.items()}
     return EMRModel(host_base, tau_uni, packed, scales, names)

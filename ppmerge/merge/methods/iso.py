@@ -28,7 +28,7 @@ def _fraction(value, where):
 
 
 def iso_c_matrix(taus):
-    u, s, vh = svd(np.sum(taus, axis=0))
+    u, s, vh = svd(taus.total())
     return (u * s.mean()) @ vh
 
 
@@ -42,8 +42,8 @@ def iso_cts_sizes(rank, num_tasks, common_space_fraction):
 
 
 def iso_cts_matrix(taus, common_space_fraction=0.8):
-    common, per_task = iso_cts_sizes(min(taus[0].shape), len(taus), common_space_fraction)
-    u, s, vh = svd(np.sum(taus, axis=0))
+    common, per_task = iso_cts_sizes(min(taus.shape), len(taus), common_space_fraction)
+    u, s, vh = svd(taus.total())
     u_c, s_c, vh_c = u[:, :common], s[:common], vh[:common]
     us, ss, vhs = [], [], []
     if per_task > 0:

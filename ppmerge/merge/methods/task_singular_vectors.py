@@ -16,11 +16,11 @@ from ppmerge.merge.registry import Param, register
 
 
 def tsv_matrix(taus):
-    """TSV-M's Δ for one 2-D key (numpy float32 arrays in, array out)."""
-    rank = min(taus[0].shape)
+    """TSV-M's Δ for one 2-D key (`TaskVectors`: one τ_i in memory at a time; numpy float32 out)."""
+    rank = min(taus.shape)
     k = rank // len(taus)
     if k == 0:
-        return np.zeros_like(taus[0])
+        return np.zeros(taus.shape, np.float32)
     us, ss, vhs = [], [], []
     for tau in taus:
         u, s, vh = svd(tau)

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from ppmerge.errors import CheckpointError, ConfigError
-from ppmerge.merge.lowrank import host32, is_matrix, svd
+from ppmerge.merge.lowrank import TaskVectors, host32, is_matrix, svd
 from ppmerge.merge.registry import Param, register
 from ppmerge.merge.tensor_ops import is_floating, numpy_dtype
 
@@ -138,16 +138,17 @@ def tsv_compression(base, models, *, context, rank_fraction=None):
     for key, value in base.items():
         if not is_floating(value):
             continue
-        theta0 = host32(value)
-        taus = [host32(m[key]) - theta0 for m in models]
-        if not is_matrix(theta0):
-            dense[key] = np.stack(taus)
+        taus = TaskVectors(key, host32(value), models)   # one τ_i in memory at a time
+        if not is_matrix(value):
+            dense[key] = np.stack(list(taus))
             continue
-        k = max(1, int(min(theta0.shape) * fraction))
-        parts = [svd(tau) for tau in taus]
-        factors[key] = (np.stack([u[:, :k] for u, _, _ in parts]), np.stack([s[:k] for _, s, _ in parts]),
-                        np.stack([vh[:k] for _, _, vh in parts]))
-        del taus, parts
+        k = max(1, int(min(taus.shape) * fraction))
+        parts = []
+        for tau in taus:
+            u, s, vh = svd(tau)
+            parts.append((u[:, :k].copy(), s[:k].copy(), vh[:k].copy()))
+        factors[key] = tuple(np.stack(x) for x in zip(*parts))
+        del parts
     return LowRankTasks({k: _host(v) for k, v in base.items()}, factors, dense, names)
 
 

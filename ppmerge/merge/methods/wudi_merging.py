@@ -16,7 +16,7 @@ loss. Deterministic: no randomness (the start point and the steps are fixed).
 import numpy as np
 
 from ppmerge.errors import ConfigError
-from ppmerge.merge.lowrank import host32
+from ppmerge.merge.lowrank import TaskVectors, host32
 from ppmerge.merge.registry import Param, register
 from ppmerge.merge.tensor_ops import is_floating, numpy_dtype, paddle as _paddle
 
@@ -39,19 +39,21 @@ def is_embedding(key):
 
 
 def wudi_matrix(taus, iter_num=300, lr=1e-5, rows_are_outputs=False):
-    """τ_m of one 2-D key (float32 numpy arrays in torch's [out, in] layout when `rows_are_outputs`,
-    else Paddle's [in, out]); returns (τ_m as numpy, [loss before each step])."""
+    """τ_m of one 2-D key (a list or `TaskVectors` of float32 arrays, in torch's [out, in] layout when
+    `rows_are_outputs`, else Paddle's [in, out]); returns (τ_m as numpy, [loss before each step])."""
     paddle = _paddle()
-    stacked = np.stack(taus)
-    if not rows_are_outputs:
-        stacked = stacked.transpose(0, 2, 1)   # to [out, in]: the rows are the task vectors' input directions
-    tvs = paddle.to_tensor(np.ascontiguousarray(stacked))
+    shape = tuple(taus[0].shape if isinstance(taus, list) else taus.shape)
+    stacked = np.empty((len(taus),) + (shape if rows_are_outputs else shape[::-1]), np.float32)
+    for i, tau in enumerate(taus):   # filled one τ_i at a time (a TaskVectors makes each when asked)
+        stacked[i] = tau if rows_are_outputs else tau.T   # to [out, in]: rows = the input directions
+    tvs = paddle.to_tensor(stacked)
+    del stacked
     norms = paddle.sum(paddle.square(tvs.reshape([len(taus), -1])), axis=1)
     norms = paddle.where(norms > 0, norms, paddle.ones_like(norms)).reshape([-1, 1, 1])
     merged = paddle.create_parameter(list(tvs.shape[1:]), "float32",
                                      default_initializer=paddle.nn.initializer.Assign(paddle.sum(tvs, axis=0)))
     optimizer = paddle.optimizer.Adam(learning_rate=lr, parameters=[merged], beta1=0.9, beta2=0.999, epsilon=1e-8)
-    rows, cols = stacked.shape[1:]
+    rows, cols = tvs.shape[1:]
     # ‖D Tᵀ‖²_F = Σ (D · TᵀT) ⊙ D: with more rows than columns (an embedding table's vocabulary) the
     # [cols, cols] Gram matrix replaces the [rows, rows] product (GPT-2's 50k x 50k would need 10 GB per task).
     grams = paddle.matmul(tvs, tvs, transpose_x=True) if rows > cols else None
@@ -83,10 +85,10 @@ def wudi_merging(base, models, iter_num=300, lr=1e-5):
             merged[key] = np.array(value if isinstance(value, np.ndarray) else value.numpy())
             continue
         theta0 = host32(value)
-        taus = [host32(m[key]) - theta0 for m in models]
+        taus = TaskVectors(key, theta0, models)
         if theta0.ndim == 2:
             delta = wudi_matrix(taus, iter_num, lr, rows_are_outputs=is_embedding(key))[0]
         else:
-            delta = np.mean(taus, axis=0)
+            delta = taus.mean()
         merged[key] = (theta0 + delta).astype(numpy_dtype(value), copy=False)
     return merged
