@@ -364,3 +364,45 @@ def test_tool_error_line_for_a_lora_pool_without_base(t5_lora, tmp_path):
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith("error: ModelPool.base: model SST2 is a LoRA adapter") and "Traceback" not in out.stderr
     assert not os.path.exists(tmp_path / "out" / "merged_model.pdparams")
+
+
+def test_pool_of_real_lora_runs_equals_their_merged_models(tmp_path):
+    """Adapters written by our LoRA training's exporter (families.lora.save_adapter on a paddlenlp LoRAModel)
+    pool like PEFT folders: the simple average in lowrank mode equals the mean of the runs' own
+    merged_model.pdparams (W + scaling·A·B folded in float64 by the exporter)."""
+    from ppmerge.merge import METHODS as REGISTRY
+    from ppmerge.merge.model_pool import NO_HEADS, ModelPool
+    from ppmerge.models.checkpoint import load_numpy_state_dict, save_state_dict
+    from ppmerge.models.families import get_family
+    from ppmerge.models.families.lora import apply_lora, save_adapter
+    from ppmerge.runtime import import_paddle
+
+    paddle = import_paddle()
+    family = get_family({"name": "t5-tiny", "vocab_size": 60})
+    paddle.seed(2)
+    network = family.build()
+    base = {k: v.numpy() for k, v in network.state_dict().items()}
+    save_state_dict(base, str(tmp_path / "base.pdparams"))
+    cfg = {"r": 4, "alpha": 8, "target_modules": ["q", "v"], "save_merged": True}
+    folders, merged_runs = {}, []
+    for i, task in enumerate(T5_TASKS):
+        run = family.build()
+        run.set_state_dict({k: paddle.to_tensor(v) for k, v in base.items()})
+        lora_model = apply_lora(run, cfg, family)
+        rng = np.random.default_rng(20 + i)
+        for name, param in lora_model.model.named_parameters():
+            if ".lora_" in name:  # B starts at zero: trained values
+                param.set_value(paddle.to_tensor((0.2 * rng.standard_normal(param.shape)).astype(np.float32)))
+        folders[task] = str(tmp_path / task / "lora")
+        save_adapter(lora_model, cfg, family, folders[task])
+        merged_runs.append(load_numpy_state_dict(os.path.join(folders[task], "merged_model.pdparams")))
+    pool = ModelPool(str(tmp_path / "base.pdparams"), folders, NO_HEADS, tied_keys=family.tied_keys,
+                     lora={"mode": "lowrank"})
+    merged = REGISTRY["simple_average"].fn(pool.base, [pool.backbones()[n] for n in pool.names])
+    assert set(merged) == set(base) - set(EMBEDDINGS[1:])
+    changed = 0
+    for key in merged:
+        expected = (merged_runs[0][key].astype(np.float64) + merged_runs[1][key]) / 2
+        np.testing.assert_allclose(merged[key], expected, rtol=1e-5, atol=1e-6, err_msg=key)
+        changed += not np.array_equal(merged_runs[0][key], base[key])
+    assert changed == 12  # q and v of 2 encoder self-, 2 decoder self- and 2 cross-attention blocks
