@@ -204,7 +204,8 @@ def test_emr_random_against_formula_and_save_roundtrip(tmp_path):
     for i in range(4):
         bb = emr.task_backbone(i)
         for k in taus:
-            np.testing.assert_allclose(bb[k], base[k] + lam[i] * (taus[k][i] * sign[k] > 0) * uni[k], rtol=1e-5, atol=1e-6)
+            expected = base[k] + lam[i] * (taus[k][i] * sign[k] > 0) * uni[k]
+            np.testing.assert_allclose(bb[k], expected, rtol=1e-5, atol=1e-6)
     heads = {f"T{i}": {"score.weight": np.full((3, 2), i, np.float32)} for i in range(4)}
     assert emr.save(str(tmp_path), heads) == FILE
     raw = safetensors.numpy.load_file(str(tmp_path / FILE))
@@ -245,7 +246,8 @@ def test_wudi_iter_num_zero_is_the_sum():
     base, models = _pool({"w": (6, 5), "embed.weight": (7, 3), "b": (5,)}, 3, seed=2)
     merged = get_method("wudi_merging")(base, models, iter_num=0)
     for key in ("w", "embed.weight"):
-        np.testing.assert_allclose(merged[key], base[key] + sum(m[key] - base[key] for m in models), rtol=1e-5, atol=1e-6)
+        expected = base[key] + sum(m[key] - base[key] for m in models)
+        np.testing.assert_allclose(merged[key], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(merged["b"], base["b"] + np.mean([m["b"] - base["b"] for m in models], axis=0),
                                rtol=1e-5, atol=1e-6)
     assert merged["step"][0] == 3

@@ -65,7 +65,8 @@ def test_adamerging_lowers_entropy_and_merges_with_its_table(pool, glue_suite, g
     # the merged backbone is θ₀ + Σ λ τ with the reported λ (numpy)
     per_key = np.repeat(lam[:, None], len(keys), 1) if granularity == "task_wise" else lam
     for k, key in enumerate(keys):
-        expected = base[key] + sum(per_key[i, k] * (m[key].astype(np.float64) - base[key]) for i, m in enumerate(models))
+        expected = base[key] + sum(per_key[i, k] * (m[key].astype(np.float64) - base[key])
+                                   for i, m in enumerate(models))
         np.testing.assert_allclose(merged[key], expected, rtol=1e-5, atol=1e-6, err_msg=key)
     # entropy of the eval predictions, computed independently: lower than at the starting λ = 0.3
     start = {k: base[k] + 0.3 * sum(m[k] - base[k] for m in models) for k in keys}
@@ -112,7 +113,8 @@ def test_adamerging_loads_a_table_and_refuses_bad_ones(pool, glue_suite, tmp_pat
     merged = method(base, models, context=context(tp, sds), lambdas=str(path))
     assert merged.method_info["adamerging"]["steps"] == 0
     for key in base:
-        expected = base[key] + sum(l * (m[key].astype(np.float64) - base[key]) for l, m in zip(table["lambdas"], models))
+        expected = base[key] + sum(lam * (m[key].astype(np.float64) - base[key])
+                                   for lam, m in zip(table["lambdas"], models))
         np.testing.assert_allclose(merged[key], expected, rtol=1e-5, atol=1e-6)
     # a report.json holding the table works too
     report = tmp_path / "report.json"

@@ -204,7 +204,9 @@ def adamerging(base, models, *, context, granularity="task_wise", init=0.3, clam
                                   for theta in thetas])
                     for key in keys]))
                 model.clear_gradients()
-            grad_k = np.sum([p.numpy().astype(np.float64) for p in parts], axis=0).T if parts else np.zeros((n, len(keys)))
+            grad_k = np.zeros((n, len(keys)))
+            for part in parts:
+                grad_k += part.numpy().astype(np.float64).T
             history.append(total)
             grad = grad_k.sum(axis=1) if granularity == "task_wise" else grad_k
             if clamp:
