@@ -616,6 +616,8 @@ _merge("task-pool-batch-0", lambda ctx: ctx.merge_yaml(TaskPool={"batch_size": 0
 _merge("task-pool-test-split", lambda ctx: ctx.merge_yaml(TaskPool={"split": "test"}), "TaskPool.split")
 _merge("task-pool-test-split-for-one-task", lambda ctx: ctx.merge_yaml(TaskPool={"splits": {"MNLI": "test_mismatched"}}),
        "TaskPool.splits.MNLI")
+_merge("task-pool-test-view", lambda ctx: ctx.merge_yaml(TaskPool={"tasks": ["SST2", "MNLI", "STSB", "SST2:test"]}),
+       "SST-2/test.tsv")
 _merge("task-pool-max-examples-negative", lambda ctx: ctx.merge_yaml(TaskPool={"max_examples": -5}),
        "TaskPool.max_examples")
 _merge("seed-negative", lambda ctx: ctx.merge_yaml(Global={"seed": -1}), "Global.seed")

@@ -200,6 +200,17 @@ def _parse_label(task, text, where):
     return label
 
 
+def require_labels(dataset, purpose):
+    """DataError naming the file and split when `dataset` (any dataset with `.has_labels`, e.g. a test
+    split) has no labels but `purpose` (training, evaluation, the task pool) needs them."""
+    if hasattr(dataset, "require_labels"):
+        dataset.require_labels(purpose)
+    elif getattr(dataset, "has_labels", True) is False:
+        where = getattr(dataset, "path", None)
+        raise DataError(f"{where + ': ' if where else ''}the {getattr(dataset, 'split', '')} split has no labels, "
+                        f"but {purpose} needs them (use a labelled split: train, dev, dev_matched, dev_mismatched)")
+
+
 def read_examples(task, root, split):
     """All examples of `split` (train, dev, dev_matched, dev_mismatched, test) under `root`.
 

@@ -352,11 +352,9 @@ class TrainingDiverged(UserError):
 
 def require_labels(dataset, purpose):
     """DataError naming the split (and file) when `dataset` has no labels (a test split) but `purpose` needs them."""
-    if hasattr(dataset, "require_labels"):
-        dataset.require_labels(purpose)
-    elif getattr(dataset, "has_labels", True) is False:
-        raise DataError(f"the {getattr(dataset, 'split', '')} split has no labels, but {purpose} needs them "
-                        f"(use a labelled split: train, dev, dev_matched, dev_mismatched)")
+    from ppmerge.data.readers import require_labels as check
+
+    check(dataset, purpose)
 
 
 def _value(section, key, default):

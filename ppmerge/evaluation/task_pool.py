@@ -219,8 +219,11 @@ class TaskPool:
         task = self.spec(task).name
         key = (task, split)
         if key not in self._datasets:
-            self._datasets[key] = self.family.dataset(self.spec(task), self.task_root(task), split,
-                                                      max_length=self.max_length)
+            dataset = self.family.dataset(self.spec(task), self.task_root(task), split, max_length=self.max_length)
+            from ppmerge.data.readers import require_labels
+
+            require_labels(dataset, "the task pool (it scores against labels)")  # e.g. a TASK:test view
+            self._datasets[key] = dataset
         return self._datasets[key]
 
     def collate(self, samples):
