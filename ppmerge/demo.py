@@ -276,7 +276,11 @@ def run_t5_demo(out_dir, data_dir, tasks=T5_TASKS, n_dev=128, epochs=3, seed=0, 
     tasks = list(tasks)
     t5_dir = os.path.join(out_dir, "t5")
     spiece = os.path.join(t5_dir, "spiece.model")
-    train_sentencepiece(suite_texts(data_dir, tasks=tasks), spiece, vocab_size=1000)
+    from ppmerge.data import TASK_NAMES
+
+    # the vocabulary is learnt from every task of the suite (not only the T5 part's): a richer one
+    present = [t for t in TASK_NAMES if os.path.isdir(task_root(t, data_dir, "glue"))]
+    train_sentencepiece(suite_texts(data_dir, tasks=present), spiece, vocab_size=1000)
     vocab = load_t5_tokenizer(spiece).vocab_size
     model_cfg = {"name": "t5-tiny", "vocab_size": vocab}
     base_path = os.path.join(t5_dir, "base", "model.pdparams")
@@ -320,9 +324,9 @@ def run_t5_demo(out_dir, data_dir, tasks=T5_TASKS, n_dev=128, epochs=3, seed=0, 
                          f"TaskPool.data_root={data_dir}", "TaskPool.layout=glue", "TaskPool.model.name=t5-tiny",
                          f"TaskPool.model.vocab_size={vocab}", f"TaskPool.tokenizer.spiece_model={spiece}",
                          "TaskPool.max_length=96", f"TaskPool.max_examples={n_dev}", f"Output.dir={run_out}", *extra]
-            if i == 0:
-                overrides += ["Output.reference_rows.finetuned=true"] + (["Output.reference_rows.base=true"]
-                                                                        if mode == "full" else [])
+            # reference rows once per pool (the sweep config asks for them too): base, each fine-tuned model
+            overrides += [f"Output.reference_rows.finetuned={str(i == 0).lower()}",
+                          f"Output.reference_rows.base={str(i == 0 and mode == 'full').lower()}"]
             _run_logged(merge, ["-c", os.path.join(MERGE_CONFIGS, config), *[a for o in overrides for a in ("-o", o)]],
                         os.path.join(out_dir, "logs", f"t5_merge_{name}_{mode}.log"))
             with open(os.path.join(run_out, "report.json"), encoding="utf-8") as f:
