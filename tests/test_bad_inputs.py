@@ -617,7 +617,7 @@ _merge("task-pool-test-split", lambda ctx: ctx.merge_yaml(TaskPool={"split": "te
 _merge("task-pool-test-split-for-one-task", lambda ctx: ctx.merge_yaml(TaskPool={"splits": {"MNLI": "test_mismatched"}}),
        "TaskPool.splits.MNLI")
 _merge("task-pool-test-view", lambda ctx: ctx.merge_yaml(TaskPool={"tasks": ["SST2", "MNLI", "STSB", "SST2:test"]}),
-       "SST-2/test.tsv")
+       "'SST2:test'")
 _merge("task-pool-max-examples-negative", lambda ctx: ctx.merge_yaml(TaskPool={"max_examples": -5}),
        "TaskPool.max_examples")
 _merge("seed-negative", lambda ctx: ctx.merge_yaml(Global={"seed": -1}), "Global.seed")
@@ -1110,3 +1110,13 @@ def test_eval_into_a_merge_output_keeps_its_marker(world, tmp_path):
     assert code == 0, err[-3000:]
     assert output_kind(ctx.out) == "merge" and any(n.startswith("eval_results_") for n in os.listdir(ctx.out))
     assert run_in_process("merge", ["-c", cfg])[0] == 0
+
+
+def test_task_pool_refuses_an_unlabelled_split_built_in_code(world):
+    """The Python API's task pool (no config checks): a test split is still refused where it is read."""
+    from ppmerge.errors import DataError
+    from ppmerge.evaluation.task_pool import TaskPool
+
+    pool = TaskPool(["SST2"], {"name": "gpt-tiny"}, data_root=world["data"], max_length=16, progress=False)
+    with pytest.raises(DataError, match="SST-2/test.tsv: the SST2 test split has no labels"):
+        pool.dataset("SST2", "test")

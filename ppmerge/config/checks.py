@@ -29,11 +29,13 @@ def check_config(cfg, where):
     if "TaskPool" in cfg:  # a merge config
         pool = cfg["TaskPool"]
         _check_length("TaskPool.max_length", pool["max_length"], "TaskPool.model", pool["model"], where)
-        splits = [("TaskPool.split", pool.get("split"))]
-        splits += [(f"TaskPool.splits.{task}", split) for task, split in (pool.get("splits") or {}).items()]
-        for key, split in splits:
+        splits = [("TaskPool.split", pool.get("split"), pool.get("split"))]
+        splits += [(f"TaskPool.splits.{task}", split, split) for task, split in (pool.get("splits") or {}).items()]
+        splits += [("TaskPool.tasks", view.split(":", 1)[1], view) for view in pool.get("tasks") or ()
+                   if isinstance(view, str) and ":" in view]  # TASK:split views
+        for key, split, shown in splits:
             if str(split or "").lower().startswith("test"):
-                raise ConfigError(f"{where(key)}: key '{key}' is {split!r}: test splits have no labels, and the "
+                raise ConfigError(f"{where(key)}: key '{key}' has {shown!r}: test splits have no labels, and the "
                                   f"task pool scores the merged model against labels; use dev (or dev_matched / "
                                   f"dev_mismatched)")
         return cfg
