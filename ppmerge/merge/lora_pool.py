@@ -77,7 +77,7 @@ class LowRankModel(TensorsOnDemand):
 
 class LoraPool:
     """The adapters of a model pool: `names` (its adapter entries), `mode`, `adapters` {name: LoraAdapter}
-    (read and checked up front: they are small), and the base (`base_state_dict()`, read once)."""
+    (read and checked up front: they are small), and the base reader (`base_state_dict()`)."""
 
     def __init__(self, pool, names, mode):
         from ppmerge.models.peft_lora import read_adapter
@@ -92,19 +92,17 @@ class LoraPool:
             adapter = read_adapter(pool.paths[name])
             _check_adapter_finite(adapter, name, pool.paths[name])
             self.adapters[name] = adapter
-        self._base = None
 
     def base_state_dict(self):
-        """The base (our layout, numpy), read once: our checkpoint or an HF T5 / GPT-2 folder."""
-        if self._base is None:
-            from ppmerge.merge.model_pool import _check_finite
-            from ppmerge.models.peft_lora import load_base
+        """The base (our layout, numpy): our checkpoint or an HF T5 / GPT-2 folder, NaN / Inf checked. Not
+        kept here: the pool keeps its split (without the head and tied copies) as `ModelPool.base`."""
+        from ppmerge.merge.model_pool import _check_finite
+        from ppmerge.models.peft_lora import load_base
 
-            path = self.pool.base_path
-            _, state_dict = load_base(path)
-            _check_finite(state_dict, "base", path)
-            self._base = state_dict
-        return self._base
+        path = self.pool.base_path
+        _, state_dict = load_base(path)
+        _check_finite(state_dict, "base", path)
+        return state_dict
 
     def backbone_and_head(self, name, base_backbone):
         """(backbone, head) of adapter model `name` over the pool's base backbone (tied copies and
