@@ -406,3 +406,51 @@ def test_pool_of_real_lora_runs_equals_their_merged_models(tmp_path):
         np.testing.assert_allclose(merged[key], expected, rtol=1e-5, atol=1e-6, err_msg=key)
         changed += not np.array_equal(merged_runs[0][key], base[key])
     assert changed == 12  # q and v of 2 encoder self-, 2 decoder self- and 2 cross-attention blocks
+
+
+@pytest.mark.parametrize("mode", ["unload", "lowrank"])
+def test_fusionbench_layout_hf_base_and_peft_adapters(tmp_path, mode):
+    """FusionBench's files: an HF Flan-T5 folder as the base and PEFT adapters in HF module names. The
+    task arithmetic of the pool, in HF's layout by numpy (W [out, in] + λ·Σ scale·B·A, transposed to our
+    [in, out]), equals the merged model; the tied embedding is merged once."""
+    from test_t5_model import hf_t5_config, random_hf_t5, write_hf_t5
+
+    from ppmerge.merge import METHODS as REGISTRY
+    from ppmerge.merge.model_pool import NO_HEADS, ModelPool
+    from ppmerge.models.families import get_family
+
+    cfg = hf_t5_config()
+    rng = np.random.default_rng(4)
+    hf = random_hf_t5(cfg, rng)
+    write_hf_t5(tmp_path / "flan", cfg, hf)
+    expected = {k: v.astype(np.float64) for k, v in hf.items()}
+    folders = {}
+    for task in T5_TASKS:
+        folder = tmp_path / task
+        folder.mkdir()
+        tensors = {}
+        for key in hf:
+            if key.endswith(("SelfAttention.q.weight", "EncDecAttention.v.weight")):
+                module = key[:-len(".weight")]
+                A = (0.2 * rng.standard_normal((R, hf[key].shape[1]))).astype(np.float32)
+                B = (0.2 * rng.standard_normal((hf[key].shape[0], R))).astype(np.float32)
+                tensors[f"base_model.model.{module}.lora_A.weight"] = A
+                tensors[f"base_model.model.{module}.lora_B.weight"] = B
+                expected[key] = expected[key] + 0.4 * (16 / np.sqrt(R)) * (B.astype(np.float64) @ A)  # rslora
+        _write_safetensors(tensors, str(folder / "adapter_model.safetensors"))
+        (folder / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "r": R, "lora_alpha": 16, "use_rslora": True, "target_modules": ["q", "v"],
+             "task_type": "SEQ_2_SEQ_LM", "bias": "none"}))
+        folders[task] = str(folder)
+    family = get_family("t5-tiny")
+    pool = ModelPool(str(tmp_path / "flan"), folders, NO_HEADS, tied_keys=family.tied_keys, lora={"mode": mode})
+    merged = REGISTRY["task_arithmetic"].fn(pool.base, [pool.backbones()[n] for n in pool.names], scaling_factor=0.4)
+    assert "t5.shared.weight" in merged and not any(k in merged for k in EMBEDDINGS[1:])
+    linear = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+    for key, value in expected.items():
+        if key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+            continue
+        ours = key if key == "lm_head.weight" else "t5." + key
+        if key == "lm_head.weight" or key.rsplit(".", 2)[-2] in linear:
+            value = value.T
+        np.testing.assert_allclose(merged[ours], value, rtol=1e-5, atol=2e-6, err_msg=key)
