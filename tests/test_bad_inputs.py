@@ -1120,3 +1120,12 @@ def test_task_pool_refuses_an_unlabelled_split_built_in_code(world):
     pool = TaskPool(["SST2"], {"name": "gpt-tiny"}, data_root=world["data"], max_length=16, progress=False)
     with pytest.raises(DataError, match="SST-2/test.tsv: the SST2 test split has no labels"):
         pool.dataset("SST2", "test")
+
+
+def test_task_pool_refuses_a_max_length_over_the_positions_built_in_code(world):
+    from ppmerge.errors import ConfigError
+    from ppmerge.evaluation.task_pool import TaskPool
+
+    with pytest.raises(ConfigError, match="TaskPool.max_length' is 600, longer than the model's 512 positions"):
+        TaskPool(["SST2"], {"name": "gpt-tiny"}, data_root=world["data"], max_length=600, progress=False)
+    TaskPool(["SST2"], {"name": "gpt-tiny"}, data_root=world["data"], max_length=512, progress=False)

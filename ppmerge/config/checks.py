@@ -17,6 +17,12 @@ def _positions(model_cfg):
     return int(ARCH_PRESETS[name]["max_position_embeddings"]), f"the {name} preset's max_position_embeddings"
 
 
+def check_max_length(length, model_cfg, length_key="max_length", model_key="Model", where=None):
+    """ConfigError when `length` tokens do not fit the GPT model's positions (for code that builds a model
+    and data without a config file, e.g. the Python API's task pool)."""
+    _check_length(length_key, int(length), model_key, dict(model_cfg or {}), where or (lambda key: "config"))
+
+
 def _check_length(length_key, length, model_key, model_cfg, where):
     positions, source = _positions(model_cfg)
     if positions is not None and length > positions:

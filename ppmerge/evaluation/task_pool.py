@@ -101,6 +101,10 @@ class TaskPool:
         self.splits = self._check_splits(splits or {})
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)
+        from ppmerge.config.checks import check_max_length
+
+        check_max_length(self.max_length, self.model_cfg, "TaskPool.max_length", "TaskPool.model",
+                         where=lambda key: "task pool")  # GPT positions (T5: any length)
         self.max_examples = int(max_examples)
         self.tokenizer_cfg = dict(tokenizer or {})
         self.num_workers = int(num_workers)
