@@ -336,6 +336,10 @@ def test_refusals(t5_lora, gpt_lora, tmp_path):
     with pytest.raises(CheckpointError, match=rf"model SST2 .*: adapted weight {key} gives shape \[64, 64\] but the "
                                               rf"base model has \[8, 8\]"):
         list(pool.stream())
+    # a GPT pool (heads) whose adapter saves no head
+    pool = ModelPool(t5_lora["base_path"], t5_lora["paths"], r"^lm_head\.", lora={"mode": "lowrank"})
+    with pytest.raises(CheckpointError, match=r"model SST2 .*: the adapter saves no head matching ModelPool.head_keys"):
+        pool.backbones()
     # NaN in an adapter's factors
     import shutil
 

@@ -109,6 +109,12 @@ class LoraPool:
         heads already split off): a dict (unload) or a `LowRankModel` (lowrank); checked against the base."""
         adapter, path = self.adapters[name], self.pool.paths[name]
         head = {k: v for k, v in adapter.saved.items() if self.pool.head_pattern.search(k)}
+        from ppmerge.merge.model_pool import NO_HEADS
+
+        if not head and self.pool.task_of[name] is not None and self.pool.head_pattern.pattern != NO_HEADS:
+            raise CheckpointError(f"model {name} ({path}): the adapter saves no head matching ModelPool.head_keys "
+                                  f"{self.pool.head_pattern.pattern!r} (a model with a task needs its head: our GPT "
+                                  f"LoRA runs save score.weight with the adapter; PEFT: modules_to_save: [score])")
         saved = {k: v for k, v in adapter.saved.items() if k not in head}
         for key in self.pool.tied_copies(saved, name, path):
             del saved[key]
