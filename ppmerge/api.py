@@ -19,13 +19,14 @@ import numpy as np
 __all__ = ["load_pool", "merge", "task_pool", "evaluate", "save", "load", "convert", "init_model", "methods"]
 
 
-def load_pool(models, base=None, head_keys=r"^score\.", task_heads=None):
+def load_pool(models, base=None, head_keys=r"^score\.", task_heads=None, lora=None):
     """A model pool: `models` {name: path} in pool order (a GLUE task name as the name, e.g. `SST2`, is
     that task's model; or {name: {"path": p, "task": "SST2"}}), `base` the pretrained model (None: only
-    methods that never read it). Files are checked now and read on first use."""
+    methods that never read it). Files are checked now and read on first use. A path may be a LoRA
+    adapter folder over `base`; `lora={"mode": "lowrank"}` merges from its factors (default: unload)."""
     from ppmerge.merge.model_pool import ModelPool
 
-    return ModelPool(base, models, head_keys, task_heads)
+    return ModelPool(base, models, head_keys, task_heads, lora=lora)
 
 
 def methods():

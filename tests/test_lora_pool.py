@@ -458,3 +458,17 @@ def test_fusionbench_layout_hf_base_and_peft_adapters(tmp_path, mode):
         if key == "lm_head.weight" or key.rsplit(".", 2)[-2] in linear:
             value = value.T
         np.testing.assert_allclose(merged[ours], value, rtol=1e-5, atol=2e-6, err_msg=key)
+
+
+def test_python_api_lora_pool(gpt_lora):
+    """ppmerge.load_pool takes adapter folders too; lowrank and unload give the same merge."""
+    import ppmerge
+
+    results = []
+    for mode in ("unload", "lowrank"):
+        pool = ppmerge.load_pool(gpt_lora["paths"], base=gpt_lora["base_path"], lora={"mode": mode})
+        results.append(ppmerge.merge(pool, "task_arithmetic", scaling_factor=0.7))
+    expected = numpy_linear(gpt_lora, [0.7, 0.7])
+    for key, value in expected.items():
+        np.testing.assert_array_equal(results[0][key], results[1][key])
+        np.testing.assert_allclose(results[1][key], value, rtol=1e-5, atol=2e-6, err_msg=key)
