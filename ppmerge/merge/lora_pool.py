@@ -107,10 +107,10 @@ class LoraPool:
     def backbone_and_head(self, name, base_backbone):
         """(backbone, head) of adapter model `name` over the pool's base backbone (tied copies and
         heads already split off): a dict (unload) or a `LowRankModel` (lowrank); checked against the base."""
-        adapter, path = self.adapters[name], self.pool.paths[name]
-        head = {k: v for k, v in adapter.saved.items() if self.pool.head_pattern.search(k)}
         from ppmerge.merge.model_pool import NO_HEADS
 
+        adapter, path = self.adapters[name], self.pool.paths[name]
+        head = {k: v for k, v in adapter.saved.items() if self.pool.head_pattern.search(k)}
         if not head and self.pool.task_of[name] is not None and self.pool.head_pattern.pattern != NO_HEADS:
             raise CheckpointError(f"model {name} ({path}): the adapter saves no head matching ModelPool.head_keys "
                                   f"{self.pool.head_pattern.pattern!r} (a model with a task needs its head: our GPT "
