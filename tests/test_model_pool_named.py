@@ -298,3 +298,24 @@ def test_mnli_matched_and_mismatched_columns_in_one_report(pool, glue_suite, tmp
     raw["TaskPool"]["tasks"] = ["SST2:dev_mismatched"]
     with pytest.raises(ConfigError, match="'SST2:dev_mismatched': split 'dev_mismatched' is not valid for SST2"):
         run(raw)
+
+
+def test_zero_base_of_a_pool_without_base(pool):
+    """Without a base, `base` is zeros with the first model's backbone keys, shapes and dtypes (read from
+    the file's index: no tensor is read)."""
+    import ppmerge.models.checkpoint as checkpoint
+    from ppmerge.merge.model_pool import ModelPool
+
+    paths, sds = pool
+    models = ModelPool(None, soup_models(paths))
+    reads = []
+    original = checkpoint.LazyStateDict.read_tensor
+    checkpoint.LazyStateDict.read_tensor = lambda self, key: reads.append(key) or original(self, key)
+    try:
+        zeros = models.base
+    finally:
+        checkpoint.LazyStateDict.read_tensor = original
+    expected = backbone(sds["SST2"])
+    assert list(zeros) == list(expected) and not reads
+    for key, value in expected.items():
+        assert zeros[key].shape == value.shape and zeros[key].dtype == value.dtype and not zeros[key].any()

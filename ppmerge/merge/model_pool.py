@@ -93,6 +93,16 @@ def compare_backbones(reference, other, ref_name, other_name, limit=3):
     return "; ".join(problems[:limit]) + more
 
 
+def _zeros_like_entry(lazy, key):
+    """Zeros shaped and typed like `lazy[key]`: from a .pdparams file's index when it has the dtype (no
+    read; np.zeros pages are only touched when written), else from the tensor read once."""
+    entry = getattr(lazy, "_entries", {}).get(key)
+    dtype = getattr(entry, "dtype", None)
+    if dtype is not None:
+        return np.zeros(lazy.shapes[key], dtype=dtype)
+    return np.zeros_like(lazy[key])
+
+
 class StreamedBackbone(TensorsOnDemand):
     """A fine-tuned model's backbone read tensor by tensor from its open file (a `LazyStateDict`):
     `bb[key]` reads the tensor (and checks it for NaN / Inf), nothing is kept; `pop(key)` also drops
@@ -400,9 +410,9 @@ class ModelPool:
             return {k: np.zeros_like(v) for k, v in self._backbones[first].items()}
         from ppmerge.models.checkpoint import open_state_dict
 
-        with open_state_dict(self.paths[first]) as lazy:  # one tensor at a time: dtype and shape
+        with open_state_dict(self.paths[first]) as lazy:  # dtype and shape from the index, else one tensor
             tied = set(k for k, source in self.tied_keys.items() if k in lazy.shapes and source in lazy.shapes)
-            return {key: np.zeros_like(lazy[key]) for key in lazy
+            return {key: _zeros_like_entry(lazy, key) for key in lazy
                     if not self.head_pattern.search(key) and key not in tied}
 
     def forget_base(self):
