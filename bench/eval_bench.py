@@ -202,7 +202,8 @@ def t5_arm(samples, batch_size, repeats):
         seconds = benchlib.median(times[arm])
         arms[arm] = {"seconds": seconds, "times": times[arm], "samples_per_s": len(lengths) / seconds,
                      "metric": results[arm]}
-    identical = bool(np.array_equal(answers["dynamic"], answers["pad_512"]) and results["dynamic"] == results["pad_512"])
+    identical = bool(np.array_equal(answers["dynamic"], answers["pad_512"])
+                     and results["dynamic"] == results["pad_512"])
     speedup = benchlib.ratio(arms["dynamic"]["samples_per_s"], arms["pad_512"]["samples_per_s"])
     return {"path": "TaskPool.evaluate (T5 generation)", "task": T5_TASK, "samples": int(len(lengths)),
             "batch_size": batch_size, "repeats": repeats, "model": model_cfg, "pad_to": T5_PAD,
@@ -296,13 +297,15 @@ def main(argv=None):
     if args.t5_samples > 0:
         t5 = result["t5"] = t5_arm(args.t5_samples, args.batch_size, args.repeats)
         lines.append(f"T5 arm: generation on {t5['samples']} prompted {T5_TASK} examples (t5-tiny, greedy), batch "
-                     f"{args.batch_size}, token lengths mean {t5['lengths']['mean']:.1f} / p90 {t5['lengths']['p90']:.0f}"
+                     f"{args.batch_size}, token lengths mean {t5['lengths']['mean']:.1f} / p90 "
+                     f"{t5['lengths']['p90']:.0f}"
                      f" / max {t5['lengths']['max']}")
         for arm, label in (("dynamic", "length-sorted dynamic"), ("pad_512", f"pad to {T5_PAD} (FusionBench)")):
             lines.append(f"  {label:24s} {t5[arm]['samples_per_s']:8.1f} samples/s  exact match "
                          f"{t5[arm]['metric']['accuracy']:.6f}")
         lines.append(f"  speed-up {t5['speedup']:.2f}x (goal >= 3x; per round "
-                     f"{', '.join(f'{x:.2f}' for x in t5['speedup_rounds'])}); generated answers and metrics identical: "
+                     f"{', '.join(f'{x:.2f}' for x in t5['speedup_rounds'])}); generated answers and metrics "
+                     f"identical: "
                      f"{t5['answers_identical']} ({t5['distinct_answers']} distinct answers)")
     benchlib.emit(result, lines)
     return 0

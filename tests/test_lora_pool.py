@@ -322,7 +322,8 @@ def test_refusals(t5_lora, gpt_lora, tmp_path):
         ModelPool(t5_lora["base_path"], {"SST2": t5_lora["base_path"]}, NO_HEADS, lora={"mode": "lowrank"})
     # an adapter over the wrong base: T5 adapters on a GPT base
     pool = ModelPool(gpt_lora["base_path"], t5_lora["paths"], NO_HEADS, lora={"mode": "lowrank"})
-    with pytest.raises(CheckpointError, match=r"model SST2 \(.*SST2\): adapted weight 't5\.(en|de)coder\.block\.0\..*q\.weight' "
+    with pytest.raises(CheckpointError, match=r"model SST2 \(.*SST2\): adapted weight "
+                                              r"'t5\.(en|de)coder\.block\.0\..*q\.weight' "
                                               r"is not in the base model"):
         pool.backbones()
     # a shape that does not fit: the T5 adapter over a T5 base with another d_model
@@ -366,7 +367,8 @@ def test_tool_error_line_for_a_lora_pool_without_base(t5_lora, tmp_path):
                           "-o", "TaskPool.tasks=[]", "-o", "TaskPool.model.name=t5-tiny", "-o", "Global.device=cpu",
                           "-o", f"Output.dir={tmp_path / 'out'}"], capture_output=True, text=True, cwd=str(tmp_path))
     assert out.returncode == 2, out.stderr
-    assert out.stderr.startswith("error: ModelPool.base: model SST2 is a LoRA adapter") and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: ModelPool.base: model SST2 is a LoRA adapter")
+    assert "Traceback" not in out.stderr
     assert not os.path.exists(tmp_path / "out" / "merged_model.pdparams")
 
 

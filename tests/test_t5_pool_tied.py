@@ -68,7 +68,8 @@ def _numpy_dare(base, models, key, scaling=0.5, ratio=0.4, seed=7):
     """θ₀ + λ Σ_i m_i ⊙ τ_i / (1 − p), m_i kept where default_rng([seed, i, crc32(key)]).random >= p."""
     total = np.zeros(base[key].shape, dtype=np.float64)
     for i, task in enumerate(TASKS):
-        keep = np.random.default_rng([seed, i, zlib.crc32(key.encode())]).random(base[key].shape, dtype=np.float32) >= ratio
+        draw = np.random.default_rng([seed, i, zlib.crc32(key.encode())]).random(base[key].shape, dtype=np.float32)
+        keep = draw >= ratio
         total += np.where(keep, models[task][key].astype(np.float64) - base[key], 0.0) / (1 - ratio)
     return base[key] + scaling * total
 
@@ -120,7 +121,8 @@ def test_copy_that_differs_from_shared_is_refused(glue_suite, t5_spiece, pool_fi
     extra = ["Output.reference_rows.finetuned=true"] if form == "in_memory" else []
     with pytest.raises(CheckpointError, match=r"model RTE \(.*broken\.pdparams\): t5\.decoder\.embed_tokens\.weight "
                                               r"differs from t5\.shared\.weight"):
-        _merge(glue_suite, t5_spiece, pool_files, tmp_path, extra, models={"SST2": paths["SST2"], "RTE": paths["broken"]})
+        _merge(glue_suite, t5_spiece, pool_files, tmp_path, extra,
+               models={"SST2": paths["SST2"], "RTE": paths["broken"]})
     assert not os.path.exists(tmp_path / "out" / "merged_model.pdparams")
 
 
