@@ -69,14 +69,14 @@ def _high_water_mark(pid, cmd):
     return None
 
 
-def run_child(cmd, cwd=None):
+def run_child(cmd, cwd=None, env=None):
     """Run `cmd` to completion; return wall seconds, peak RSS in bytes and its stdout.
 
     The peak is the kernel's high-water mark of the child's RSS (VmHWM), polled every 20 ms: being a
     running maximum, a poll after the peak sees it. (ru_maxrss would not do: it keeps the RSS the
     child had as a fork of this process, before exec.)"""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd or ROOT, env=child_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=cwd or ROOT, env=env or child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     peak = [0]
     done = threading.Event()
