@@ -86,3 +86,13 @@ def test_stsb_targets_and_test_split(glue_suite, tok):
     assert not test.has_labels and test[0]["label"] == -1.0 and list(test[0]["labels"]) == [1]
     with pytest.raises(UserError, match="no labels"):
         test.require_labels("training")
+
+
+def test_model_vocabulary_must_hold_the_tokenizer(glue_suite, t5_spiece):
+    from ppmerge.data import task_root
+    from ppmerge.errors import ConfigError
+    from ppmerge.models.families import get_family
+
+    fam = get_family({"name": "t5-tiny", "vocab_size": 50}, {"spiece_model": t5_spiece})
+    with pytest.raises(ConfigError, match="Model.vocab_size 50 is smaller than the sentencepiece vocabulary"):
+        fam.dataset("SST2", task_root("SST2", glue_suite["glue"], "glue"), "dev")

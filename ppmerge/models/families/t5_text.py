@@ -94,6 +94,13 @@ class T5Text:
 
     def dataset(self, task, root, split, max_length=128):
         from ppmerge.data.t5_dataset import T5GLUEDataset
+        from ppmerge.models.t5 import resolve_t5_arch
+
+        vocab = resolve_t5_arch(self.model_cfg)["vocab_size"]
+        if self.tokenizer().vocab_size > vocab:   # ids past the embedding would fail deep inside paddle
+            raise ConfigError(f"Model.vocab_size {vocab} is smaller than the sentencepiece vocabulary "
+                              f"{self.tokenizer().vocab_size} of {self.tokenizer().model_file} "
+                              f"(set -o Model.vocab_size={self.tokenizer().vocab_size} or larger)")
 
         return T5GLUEDataset(task, root, split, self.tokenizer(), max_length=max_length, prompts=self.prompts())
 
