@@ -252,6 +252,11 @@ T5_METHOD_RUNS = [
      ['Sweep.grid={"Merge.scaling_factor": [0.3, 0.6, 1.0]}']),
     ("ties_merging", "flan_t5_glue_ties_merging.yaml", ["Merge.scaling_factor=0.7"]),
 ]
+# The LoRA pool: each run's adapter folder (output_dir/lora/) over the base, merged-and-unloaded by the model
+# pool (ModelPool.lora.mode: unload, FusionBench's way) before the method runs.
+T5_LORA_CONFIGS = {"simple_average": "flan_t5_glue_lora_simple_average.yaml",
+                   "task_arithmetic_sweep": "flan_t5_glue_lora_task_arithmetic.yaml",
+                   "ties_merging": "flan_t5_glue_lora_ties_merging.yaml"}
 T5_LORA = ["Model.lora.r=16", "Model.lora.alpha=32", "Model.lora.target_modules=[q, v]", "Model.lora.save_merged=true",
            "Optimizer.lr.learning_rate=1e-2"]
 
@@ -305,8 +310,7 @@ def run_t5_demo(out_dir, data_dir, tasks=T5_TASKS, n_dev=128, epochs=3, seed=0, 
                 overrides += T5_LORA
             _run_logged(train, ["-c", T5_CONFIG, *[a for o in overrides for a in ("-o", o)]],
                         os.path.join(out_dir, "logs", f"t5_train_{task}_{mode}.log"))
-            pools[mode][task] = (os.path.join(run, "lora", "merged_model.pdparams") if mode == "lora"
-                                 else final_model(run))
+            pools[mode][task] = os.path.join(run, "lora") if mode == "lora" else final_model(run)
             say(f"      {task:<5} {mode:<4} {time.time() - t0:5.1f} s")
 
     merge = _load_tool("merge")
@@ -327,6 +331,9 @@ def run_t5_demo(out_dir, data_dir, tasks=T5_TASKS, n_dev=128, epochs=3, seed=0, 
             # reference rows once per pool (the sweep config asks for them too): base, each fine-tuned model
             overrides += [f"Output.reference_rows.finetuned={str(i == 0).lower()}",
                           f"Output.reference_rows.base={str(i == 0 and mode == 'full').lower()}"]
+            if mode == "lora":
+                config = T5_LORA_CONFIGS[name]
+                overrides.append("ModelPool.lora.mode=unload")
             _run_logged(merge, ["-c", os.path.join(MERGE_CONFIGS, config), *[a for o in overrides for a in ("-o", o)]],
                         os.path.join(out_dir, "logs", f"t5_merge_{name}_{mode}.log"))
             with open(os.path.join(run_out, "report.json"), encoding="utf-8") as f:
@@ -373,7 +380,8 @@ def main(argv=None):
     print(result["table"])
     if t5:
         print("\nT5 (text-to-text, tiny T5 + run-time sentencepiece): exact match x100 on each task's dev split, "
-              "generated answers (the whole model merged; a LoRA pool = each adapter merged into the base first):\n")
+              "generated answers (the whole model merged; LoRA pool: each run's adapter folder, merged into the base by the "
+              "model pool first, FusionBench's way):\n")
         print(t5["table"])
         result["failures"] += [f"T5 {line}" for line in t5["failures"]]
     print(f"\nreports, plots and merged models: {os.path.join(result['out_dir'], 'merge')}/*/ "

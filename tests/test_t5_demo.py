@@ -18,6 +18,11 @@ def test_t5_demo_reduced(tmp_path):
         assert os.path.isfile(os.path.join(lora, "merged_model.pdparams"))
     for run in ("simple_average_full", "task_arithmetic_sweep_lora", "ties_merging_full"):
         assert os.path.isfile(os.path.join(out, "t5", "merge", run, "report.json")), run
+    import json
+
+    with open(os.path.join(out, "t5", "merge", "ties_merging_lora", "report.json")) as f:
+        pool = json.load(f)["config"]["ModelPool"]
+    assert pool["lora"]["mode"] == "unload" and all(str(p).endswith("lora") for p in pool["models"].values())
     rows = result["rows"]
     assert list(rows)[:2] == ["Pretrained base", "Fine-tuned (own task)"]
     assert "LoRA fine-tuned (own task)" in rows and "ties_merging (LoRA pool)" in rows
