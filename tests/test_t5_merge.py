@@ -80,6 +80,17 @@ def test_simple_average_whole_model_and_generation_metrics(glue_suite, t5_spiece
     assert os.path.isfile(tmp_path / "out" / "report.xlsx")
 
 
+def test_reference_rows_and_cross_task_matrix(glue_suite, t5_spiece, t5_pool, tmp_path):
+    result = _merge(glue_suite, t5_spiece, t5_pool, tmp_path, "flan_t5_glue_simple_average.yaml",
+                    ["TaskPool.max_examples=8", "Output.reference_rows.base=true", "Output.reference_rows.finetuned=true",
+                     "Output.reference_rows.cross_task=true"])
+    kinds = [row["kind"] for row in result["rows"]]
+    assert kinds.count("base") == 1 and kinds.count("merged") == 1 and kinds.count("finetuned") >= 1
+    cross = [row for row in result["rows"] if row["kind"] == "cross_task"]
+    assert len(cross) == 2 and all(set(row["metrics"]) == {"SST2", "RTE"} for row in cross)
+    assert os.path.isfile(tmp_path / "out" / "cross_task.png")
+
+
 def test_task_arithmetic_and_ties(glue_suite, t5_spiece, t5_pool, tmp_path):
     base, models, _, _ = t5_pool
     _merge(glue_suite, t5_spiece, t5_pool, tmp_path, "flan_t5_glue_task_arithmetic.yaml",
