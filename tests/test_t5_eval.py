@@ -52,3 +52,53 @@ def test_eval_tool_on_a_t5_checkpoint(glue_suite, t5_spiece, tmp_path, capsys):
     texts = tok.batch_decode(np.asarray(Engine(cfg, module).predict(test)).astype(np.int64))
     expected = ["1" if t == "positive" else "0" for t in texts]
     assert [line.split("\t")[1] for line in lines[1:]] == expected
+
+
+def test_lora_adapter_folder_loads_merged_into_its_base(glue_suite, t5_spiece, tmp_path):
+    from ppmerge.config import load_config
+    from ppmerge.data import task_root
+    from ppmerge.data.t5_tokenizer import load_t5_tokenizer
+    from ppmerge.engine import Engine, FinetuneModule, build_dataset
+    from ppmerge.models.checkpoint import load_numpy_state_dict, save_state_dict
+    from ppmerge.models.families import get_family
+    from ppmerge.runtime import import_paddle
+
+    paddle = import_paddle()
+    vocab = load_t5_tokenizer(t5_spiece).vocab_size
+    fam = get_family({"name": "t5-tiny", "vocab_size": vocab}, {"spiece_model": t5_spiece})
+    paddle.seed(5)
+    base = str(tmp_path / "base.pdparams")
+    save_state_dict(fam.build().state_dict(), base)
+    root = task_root("RTE", glue_suite["glue"], "glue")
+    cfg = load_config(TINY, [f"Tokenizer.spiece_model={t5_spiece}", f"Model.vocab_size={vocab}",
+                             f"Model.pretrained={base}", "Data.Train.dataset.name=RTE", f"Data.Train.dataset.root={root}",
+                             "Data.Eval.dataset.name=RTE", f"Data.Eval.dataset.root={root}", "Engine.max_steps=3",
+                             "Engine.eval_freq=0", f"Engine.save_load.output_dir={tmp_path / 'run'}", "Model.lora.r=4",
+                             "Model.lora.save_merged=true", "Optimizer.lr.warmup=0"])
+    module = FinetuneModule(cfg)
+    Engine(cfg, module).fit(build_dataset(cfg, "Train"), None)
+    folder = tmp_path / "run" / "lora"
+    module.export(str(tmp_path / "run"))
+    net = fam.build()
+    fam.load_pretrained(net, str(folder))
+    merged = load_numpy_state_dict(str(folder / "merged_model.pdparams"))
+    loaded = {k: v.numpy() for k, v in net.state_dict().items()}
+    assert set(loaded) == set(merged)
+    for key in merged:
+        np.testing.assert_allclose(loaded[key], merged[key], rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(merged["t5.encoder.block.0.layer.0.SelfAttention.q.weight"],
+                              load_numpy_state_dict(base)["t5.encoder.block.0.layer.0.SelfAttention.q.weight"])
+    # an adapter whose base is not a local model: one line naming the folder, never a guessed base
+    import json
+    import shutil
+
+    from ppmerge.errors import CheckpointError
+
+    orphan = tmp_path / "orphan"
+    shutil.copytree(folder, orphan)
+    config = json.loads((orphan / "adapter_config.json").read_text())
+    (orphan / "adapter_config.json").write_text(json.dumps(dict(config, base_model="hub/flan-t5-base")))
+    import pytest
+
+    with pytest.raises(CheckpointError, match="base model 'hub/flan-t5-base'"):
+        fam.load_pretrained(fam.build(), str(orphan))

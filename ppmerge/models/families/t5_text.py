@@ -190,6 +190,8 @@ def read_t5_weights(path):
     from ppmerge.models.checkpoint import load_numpy_state_dict, resolve_checkpoint_path
 
     path = os.fspath(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "adapter_config.json")):
+        return _merged_adapter(path)
     if os.path.isdir(path) and hf_t5.is_hf_t5_folder(path) \
             and not os.path.isfile(os.path.join(path, "model.pdparams")):
         return hf_t5.load_folder(path)[1]
@@ -199,3 +201,23 @@ def read_t5_weights(path):
         raise CheckpointError(f"{path} holds LoRA weights ({lora[0]}): set Model.lora to the run's LoRA "
                               f"settings to load it, or load its merged_model.pdparams")
     return state_dict
+
+
+def _merged_adapter(folder):
+    """A LoRA adapter folder (a LoRA run's output_dir/lora/, or a PEFT folder) merged-and-unloaded into the
+    base its adapter_config.json names (`base_model`, or PEFT's `base_model_name_or_path`) when that is a
+    local model (as given, or relative to the adapter folder)."""
+    import json
+
+    from ppmerge.models.peft_lora import merge_folder
+
+    with open(os.path.join(folder, "adapter_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    named = config.get("base_model") or config.get("base_model_name_or_path")
+    candidates = [named, os.path.join(folder, named)] if named else []
+    base = next((p for p in candidates if os.path.exists(p)), None)
+    if base is None:
+        raise CheckpointError(f"{folder}: a LoRA adapter whose base model {named!r} (adapter_config.json) is not a "
+                              f"local file or folder; merge it first (tools/convert.py --from peft-lora --base ...) "
+                              f"or load the run's merged_model.pdparams / training checkpoint")
+    return merge_folder(folder, base)[1]
