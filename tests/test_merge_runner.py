@@ -216,11 +216,12 @@ def test_every_registered_method_runs(pool, glue_suite, tmp_path):
     paths, sds = pool
     for name in sorted(METHODS):
         out = str(tmp_path / name)
-        raw = raw_config(paths, glue_suite["glue"], out, method=name, **FAST_PARAMS.get(name, {}))
+        tasks = TASKS[:2] if name == "slerp" else TASKS  # slerp interpolates exactly two models
+        raw = raw_config(paths, glue_suite["glue"], out, method=name, tasks=tasks, **FAST_PARAMS.get(name, {}))
         raw["TaskPool"]["max_examples"] = 8
         result = run(raw)
         (row,) = result["rows"]
-        assert row["average"] is not None and set(row["metrics"]) == set(TASKS), name
+        assert row["average"] is not None and set(row["metrics"]) == set(tasks), name
         model_file = os.path.join(out, "merged_model.pdparams")
         if name == "simple_ensemble":
             assert result["model_file"] is None and not os.path.exists(model_file)
@@ -231,5 +232,5 @@ def test_every_registered_method_runs(pool, glue_suite, tmp_path):
             continue
         merged = load(model_file)
         assert sorted(backbone_keys(merged)) == sorted(
-            [k for k in backbone_keys(sds["base"])] + [f"heads.{t}.score.weight" for t in TASKS]), name
+            [k for k in backbone_keys(sds["base"])] + [f"heads.{t}.score.weight" for t in tasks]), name
         assert all(np.isfinite(v).all() for v in merged.values()), name
