@@ -113,3 +113,17 @@ def test_train_bench_quick():
         assert r[arm]["tokens_per_s"] > r[arm]["samples_per_s"]  # every sample has at least 1 token
     assert r["ratio"] == pytest.approx(r["engine"]["samples_per_s"] / r["plain_loop"]["samples_per_s"])
     assert math.isfinite(r["ratio"])
+
+
+def test_device_check_without_a_gpu_says_so_and_exits_0():
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_minloglevel="2")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "device_check.py")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "device_check"
+    if not result["gpu"]:  # this project's CPU machines
+        assert "no GPU" in proc.stderr
+    else:  # a GPU machine: every data-free method was compared, and the training steps ran
+        assert result["methods"] and all("max_ulp" in r or "error" in r for r in result["methods"].values())
+        assert set(result["training"]) == {"fp16_O1", "fp16_O2", "bf16_O1"}
