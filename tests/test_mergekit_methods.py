@@ -121,7 +121,7 @@ def della_mask(density, epsilon, seed):
         rank = np.empty_like(rows)
         for r in range(rows.shape[0]):
             rank[r, np.argsort(np.abs(rows[r]), kind="stable")] = np.arange(m)
-        prob = density - epsilon + 2 * epsilon * rank / (m - 1)
+        prob = np.float32(density - epsilon) + rank.astype(np.float32) * np.float32(2 * epsilon / (m - 1))
         keep = uniform(rows.shape, seed, i, k) < prob
         return (rows * keep / prob).reshape(tau.shape)
     return apply

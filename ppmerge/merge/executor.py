@@ -187,13 +187,14 @@ def consensus_reference(plan, base, models, options):
     options = next(iter(by_key.values())) if by_key else options
     source = task_vector_source(base, models, options["sparsify"])
     theta0 = {k: np.asarray(as_numpy(base[k]), dtype=np.float32).reshape(-1) for k in keys}
-    taus = {k: np.stack([to_host(source(i, k)).reshape(-1) for i in range(len(models))]) for k in keys}
     groups = [keys] if options["topk_scope"] == "global" else [[k] for k in keys]
     merged = {}
-    for group in groups:
+    for group in groups:  # the task vectors of one scope at a time (one tensor for topk_scope: tensor)
         rest = {k: v for k, v in (by_key[group[0]] if by_key else options).items() if k not in ("sparsify", "topk_scope")}
-        flat = _call(plan.reference, (np.concatenate([theta0[k] for k in group]),
-                                      np.concatenate([taus.pop(k) for k in group], axis=1)), rest)
+        taus = np.concatenate([np.stack([to_host(source(i, k)).reshape(-1) for i in range(len(models))])
+                               for k in group], axis=1)
+        flat = _call(plan.reference, (np.concatenate([theta0[k] for k in group]), taus), rest)
+        del taus
         at = 0
         for k in group:
             merged[k], at = flat[at:at + theta0[k].size], at + theta0[k].size

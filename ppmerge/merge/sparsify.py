@@ -20,7 +20,7 @@ What each keeps (entries with τ = 0 are never counted as kept):
   outliers dropped when both do not fit). mergekit keeps nothing when int(gamma·d) = 0 (its slice
   [n_bot:-0] is empty); here the outliers are then simply none.
 - della (DELLA's MagPrune, as mergekit): per row of the last dimension, rank |τ| (0 = smallest, ties by
-  index), keep with probability p = q − ε + 2ε·rank/(m − 1) (m entries in the row; q when m = 1), the
+  index), keep with probability p = q − ε + 2ε·rank/(m − 1) in float32 (m entries in the row; q when m = 1), the
   draw from the same seeded generator as dare (kept where u < p); rescale divides each kept entry by
   its own p (the paper's rule; mergekit's newer releases rescale to the L1 norm instead).
 - rescale: kept entries × 1/(1 − ratio) (nm: × m/n). Default true for dare and della, false otherwise.
@@ -298,10 +298,11 @@ def della_keep(magnitude, density, epsilon, seed, model_index, key):
     shape = magnitude.shape
     rows = magnitude.reshape(-1, shape[-1] if len(shape) else 1)
     m = rows.shape[1]
-    order = np.argsort(rows, axis=1, kind="stable")
-    rank = np.empty(rows.shape, dtype=np.int64)  # the inverse permutation: rank of each entry in its row
-    np.put_along_axis(rank, order, np.arange(m)[None, :], axis=1)
-    probability = (density - epsilon) + (rank / (m - 1) if m > 1 else np.full(rows.shape, 0.5)) * (2.0 * epsilon)
+    rank = np.empty(rows.shape, dtype=np.float32)  # the inverse permutation: rank of each entry in its row
+    np.put_along_axis(rank, np.argsort(rows, axis=1, kind="stable"), np.arange(m, dtype=np.float32)[None, :], axis=1)
+    # float32, as mergekit's CPU work dtype: p = (q − ε) + rank·(2ε/(m − 1))
+    step = np.float32(2.0 * epsilon / (m - 1)) if m > 1 else np.float32(0.0)
+    probability = np.float32(density - epsilon if m > 1 else density) + rank * step
     keep = _uniform(rows.shape, seed, model_index, key) < probability
     return keep.reshape(shape), probability.reshape(shape)
 
