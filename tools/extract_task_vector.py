@@ -26,7 +26,10 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def check_shapes(finetuned, base):
+def check_shapes(finetuned, base, finetuned_path="the fine-tuned model", base_path="the base"):
+    if not any(key in base for key in finetuned):  # e.g. a T5 model against a GPT base: no task vector at all
+        raise CheckpointError(f"{finetuned_path} and {base_path} have no key in common: not a fine-tuned model "
+                              f"and its base (first keys: {next(iter(finetuned), None)!r} vs {next(iter(base), None)!r})")
     for key, value in finetuned.items():
         if key in base and tuple(base[key].shape) != tuple(value.shape):
             raise CheckpointError(f"key {key!r}: fine-tuned shape {list(value.shape)} vs base {list(base[key].shape)}")
@@ -48,7 +51,7 @@ def main(argv=None):
     check_finite(finetuned, args.finetuned_model_path)
     base = load_numpy_state_dict(args.base_model_path)
     check_finite(base, args.base_model_path)
-    check_shapes(finetuned, base)
+    check_shapes(finetuned, base, args.finetuned_model_path, args.base_model_path)
     tau, kept = extract_task_vector(finetuned, base)
     save_state_dict(tau, args.save_path)
     if kept:

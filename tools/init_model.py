@@ -37,6 +37,7 @@ def model_section(preset, fields):
     """The Model section for --preset and -o FIELD=VALUE overrides (values parsed as YAML scalars)."""
     import yaml
 
+    from ppmerge.config.train_schema import TRAIN_SCHEMA
     from ppmerge.models.presets import ARCH_FIELDS, resolve_arch
 
     section = {"name": preset}
@@ -45,13 +46,17 @@ def model_section(preset, fields):
         key = key.strip().removeprefix("Model.")
         if not sep or key not in ARCH_FIELDS:
             raise UserError(f"-o {item}: expected FIELD=VALUE with FIELD one of {', '.join(ARCH_FIELDS)}")
-        section[key] = yaml.safe_load(value)
+        # the training schema's range for the field (hidden_size >= 1, dropout in [0, 1], ...)
+        section[key] = TRAIN_SCHEMA.fields["Model"].fields[key].validate(yaml.safe_load(value), key, f"-o {item}")
     resolve_arch(section)  # unknown preset / bad sizes: ConfigError now, before paddle loads
     return section
 
 
 def main(argv=None):
     args = parse_args(argv)
+    from ppmerge.config.train_schema import TRAIN_SCHEMA
+
+    TRAIN_SCHEMA.fields["Global"].fields["seed"].validate(args.seed, "seed", "--seed")  # paddle.seed's range
     section = model_section(args.preset, args.fields)
     if os.path.splitext(args.output)[1].lower() not in (".pdparams", ".safetensors"):
         raise UserError(f"--output {args.output}: expected a .pdparams or .safetensors file name")

@@ -1,0 +1,82 @@
+"""Bad inputs found by the new-user walk-through that used to end in a traceback or a silent exit 0:
+tools/init_model.py with an out-of-range --seed or -o FIELD=VALUE (paddle's own errors), and
+tools/extract_task_vector.py on two models that share no key (it wrote an empty "task vector" made of
+the fine-tuned model's own weights). Each must be one `error:` line naming the flag / file, exit 2,
+nothing written."""
+import contextlib
+import importlib.util
+import io
+import os
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(name, argv):
+    from ppmerge.cli import run_tool
+
+    spec = importlib.util.spec_from_file_location(f"newuser_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_tool(module.main, [str(a) for a in argv])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    return code, err.getvalue()
+
+
+def assert_one_error(code, err, *names):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--seed", "-1"], ["--seed", "-1"]),
+    (["-o", "hidden_size=0"], ["hidden_size=0"]),
+    (["-o", "num_attention_heads=0"], ["num_attention_heads"]),
+    (["-o", "hidden_dropout_prob=1.5"], ["hidden_dropout_prob"]),
+    (["-o", "num_layers=many"], ["num_layers"]),
+])
+def test_init_model_refuses_out_of_range_values(tmp_path, args, names):
+    out = tmp_path / "m.pdparams"
+    code, err = run("init_model", ["--preset", "gpt-tiny", *args, "--output", out])
+    assert_one_error(code, err, *names)
+    assert os.listdir(tmp_path) == []
+
+
+def test_extract_task_vector_refuses_models_without_a_common_key(tmp_path):
+    from ppmerge.models.checkpoint import save_state_dict
+
+    rng = np.random.default_rng(0)
+    t5 = tmp_path / "t5.safetensors"
+    gpt = tmp_path / "gpt.safetensors"
+    save_state_dict({"t5.shared.weight": rng.standard_normal((4, 3)).astype(np.float32)}, str(t5))
+    save_state_dict({"gpt.embeddings.word_embeddings.weight": rng.standard_normal((4, 3)).astype(np.float32)}, str(gpt))
+    before = sorted(os.listdir(tmp_path))
+    code, err = run("extract_task_vector", ["--finetuned_model_path", t5, "--base_model_path", gpt,
+                                            "--save_path", tmp_path / "tv.safetensors"])
+    assert_one_error(code, err, str(t5), str(gpt), "no key in common")
+    assert sorted(os.listdir(tmp_path)) == before
+
+    # the working case still works: a shared key gives θ_ft − θ_0
+    base = {"w": np.ones((2, 2), np.float32)}
+    ft = {"w": np.full((2, 2), 3.0, np.float32), "score.weight": np.zeros((2, 1), np.float32)}
+    save_state_dict(base, str(tmp_path / "b.safetensors"))
+    save_state_dict(ft, str(tmp_path / "f.safetensors"))
+    code, err = run("extract_task_vector", ["--finetuned_model_path", tmp_path / "f.safetensors",
+                                            "--base_model_path", tmp_path / "b.safetensors",
+                                            "--save_path", tmp_path / "tv.safetensors"])
+    assert code == 0, err
+    from ppmerge.models.checkpoint import load_numpy_state_dict
+
+    tau = load_numpy_state_dict(str(tmp_path / "tv.safetensors"))
+    np.testing.assert_array_equal(tau["w"], np.full((2, 2), 2.0, np.float32))
