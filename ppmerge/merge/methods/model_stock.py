@@ -17,18 +17,22 @@ def model_stock(theta0, thetas, filter_wise=False):
         raise ConfigError(f"Merge.method: model_stock needs two or more fine-tuned models, the pool has {k}")
     rows = (lambda a: a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)) if filter_wise else \
         (lambda a: a.reshape(1, -1))
-    base = rows(theta0.astype(np.float64))
-    taus = [rows(t.astype(np.float64)) - base for t in thetas]
+    base = rows(theta0)
+    tau = lambda i: rows(thetas[i]) - base  # noqa: E731  (recomputed per pair: two task vectors in memory)
+    norms = [np.linalg.norm(tau(i).astype(np.float64), axis=-1) for i in range(k)]
     cosines = []
     for i in range(k):
         for j in range(i + 1, k):
-            norms = np.linalg.norm(taus[i], axis=-1) * np.linalg.norm(taus[j], axis=-1)
-            cosines.append(np.clip((taus[i] * taus[j]).sum(axis=-1) / np.maximum(norms, 1e-6), -1.0, 1.0))
+            dot = np.einsum("rd,rd->r", tau(i), tau(j), dtype=np.float64)
+            cosines.append(np.clip(dot / np.maximum(norms[i] * norms[j], 1e-6), -1.0, 1.0))
     cos = np.mean(cosines, axis=0)[:, None]
-    average = sum(rows(x.astype(np.float64)) for x in thetas) / k
     with np.errstate(divide="ignore", invalid="ignore"):  # at the pole the executor names the key
-        t = k * cos / (1 + (k - 1) * cos)
-        return (t * average + (1 - t) * base).reshape(theta0.shape)
+        t = (k * cos / (1 + (k - 1) * cos)).astype(np.float32)
+    average = np.zeros(base.shape, dtype=np.float32)
+    for theta in thetas:
+        average += rows(theta)
+    average /= np.float32(k)
+    return (t * average + (1 - t) * base).reshape(theta0.shape)
 
 
 register_plan("model_stock", PerTensor(model_stock), params={

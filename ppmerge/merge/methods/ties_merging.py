@@ -54,14 +54,18 @@ def elect(total, zero_sign):
 
 def disjoint_merge(kept, weights, sign, merge_func):
     """Combine the rows' entries that agree with `sign` (an elected 0 selects the negative entries, as
-    FusionBench's where(sign > 0, τ > 0, τ < 0))."""
-    agree = np.where(sign > 0, kept > 0, kept < 0)
-    selected = kept * agree
+    FusionBench's where(sign > 0, τ > 0, τ < 0)), one row at a time."""
+    total, divisor = np.zeros_like(sign), np.zeros_like(sign)
+    for w, row in zip(weights, kept):
+        agree = np.where(sign > 0, row > 0, row < 0)
+        if merge_func == "max":
+            np.maximum(total, np.abs(row) * agree, out=total)
+        else:
+            total += row * agree
+            divisor += w * agree
     if merge_func == "max":
-        return np.abs(selected).max(axis=0) * sign
-    total = selected.sum(axis=0)
+        return total * sign
     if merge_func == "mean":
-        divisor = (weights[:, None] * agree).sum(axis=0)
         total = total / np.where(divisor == 0, 1.0, divisor)
     return total
 
