@@ -32,7 +32,8 @@ def model_stock(theta0, thetas, filter_wise=False):
     for theta in thetas:
         average += rows(theta)
     average /= np.float32(k)
-    return (t * average + (1 - t) * base).reshape(theta0.shape)
+    with np.errstate(invalid="ignore"):
+        return (t * average + (1 - t) * base).reshape(theta0.shape)
 
 
 register_plan("model_stock", PerTensor(model_stock), params={
