@@ -80,3 +80,33 @@ def test_extract_task_vector_refuses_models_without_a_common_key(tmp_path):
 
     tau = load_numpy_state_dict(str(tmp_path / "tv.safetensors"))
     np.testing.assert_array_equal(tau["w"], np.full((2, 2), 2.0, np.float32))
+
+
+def test_merge_refuses_to_replace_its_own_input(tmp_path):
+    """An earlier merge's merged_model.pdparams merged again into the same Output.dir (a marked merge
+    output, so accepted without --overwrite) used to be replaced by its own result, exit 0."""
+    import hashlib
+
+    from test_merge_runner_support import make_pool, raw_config, write_yaml
+
+    paths, _ = make_pool(str(tmp_path / "pool"), tasks=("SST2", "RTE"))
+    out = tmp_path / "out"
+    cfg = raw_config(paths, str(tmp_path / "no_data"), str(out), tasks=("SST2", "RTE"))
+    cfg["TaskPool"]["tasks"] = []  # merge and save only
+    code, err = run("merge", ["-c", write_yaml(cfg, str(tmp_path / "first.yaml"))])
+    assert code == 0, err
+    merged = out / "merged_model.pdparams"
+    digest = hashlib.sha1(merged.read_bytes()).hexdigest()
+
+    cfg["ModelPool"]["models"]["prev"] = {"path": str(merged)}
+    cfg["ModelPool"]["head_keys"] = r"^(score|heads)\."
+    for extra in ([], ["--overwrite"]):
+        code, err = run("merge", ["-c", write_yaml(cfg, str(tmp_path / "again.yaml")), *extra])
+        assert_one_error(code, err, "ModelPool.models.prev", str(merged))
+        assert hashlib.sha1(merged.read_bytes()).hexdigest() == digest
+
+    # the same pool into another folder is fine
+    cfg["Output"]["dir"] = str(tmp_path / "out2")
+    code, err = run("merge", ["-c", write_yaml(cfg, str(tmp_path / "other.yaml"))])
+    assert code == 0, err
+    assert (tmp_path / "out2" / "merged_model.pdparams").is_file()

@@ -228,6 +228,25 @@ def _check_output_dir(cfg, overwrite):
                               what="Output.dir")
 
 
+def _check_inputs_not_replaced(cfg, out_dir):
+    """A pool model (or the base) must not be a file this run writes or removes in Output.dir: the
+    merged model of an earlier run merged again into the same folder would be replaced by its own result."""
+    from ppmerge.fileio import _marker_files
+    from ppmerge.merge.methods.emr_merging import FILE as EMR_FILE
+    from ppmerge.merge.methods.tsv_compression import FILE as TSV_C_FILE
+
+    written = {MODEL_FILE, EMR_FILE, TSV_C_FILE, "config.yaml", *_marker_files(out_dir)}
+    written = {os.path.realpath(os.path.join(out_dir, name)) for name in written}
+    pool = cfg["ModelPool"]
+    entries = [("ModelPool.base", pool.get("base"))] + [
+        (f"ModelPool.models.{name}", entry.get("path") if isinstance(entry, dict) else entry)
+        for name, entry in (pool.get("models") or {}).items()]
+    for key, path in entries:
+        if isinstance(path, str) and os.path.realpath(path) in written:
+            raise ConfigError(f"{key}: {path} is a file this merge writes in Output.dir {out_dir} (the merge would "
+                              f"replace its own input); copy it elsewhere or choose another Output.dir")
+
+
 def _pool_section(cfg, method):
     """ModelPool with the model family's head keys: a family without per-task heads (T5) merges the
     whole model (ModelPool.head_keys is ignored). Methods that need heads / class logits
@@ -264,6 +283,7 @@ def run_merge(cfg, progress=True, overwrite=False):
 
     # Everything that can be checked without loading a model is checked first.
     out_dir = _check_output_dir(cfg, overwrite)
+    _check_inputs_not_replaced(cfg, out_dir)
     method = get_method(cfg["Merge"]["method"])
     base_params = {k: v for k, v in cfg["Merge"].items() if k != "method"}
     axes = sweep_axes(cfg["Sweep"])
