@@ -110,3 +110,31 @@ def test_merge_refuses_to_replace_its_own_input(tmp_path):
     code, err = run("merge", ["-c", write_yaml(cfg, str(tmp_path / "other.yaml"))])
     assert code == 0, err
     assert (tmp_path / "out2" / "merged_model.pdparams").is_file()
+
+
+def test_convert_refuses_zero_heads_and_non_finite_weights(tmp_path):
+    """--num-heads 0 used to mean "unset" (the preset's count, exit 0); a NaN / Inf model was exported."""
+    from test_merge_runner_support import make_pool
+
+    from ppmerge.models.checkpoint import load_numpy_state_dict, save_state_dict
+
+    paths, _ = make_pool(str(tmp_path / "pool"), tasks=("SST2",))
+    for heads in ("0", "-4"):
+        code, err = run("convert", ["--from", "ppmerge", "--to", "hf", "--input", paths["SST2"],
+                                    "--output", tmp_path / "hf", "--num-heads", heads])
+        assert_one_error(code, err, "--num-heads", heads)
+        assert not (tmp_path / "hf").exists()
+    sd = load_numpy_state_dict(paths["SST2"])
+    key = sorted(k for k in sd if k != "score.weight")[0]
+    for bad, word in ((np.nan, "NaN"), (np.inf, "Inf")):
+        damaged = dict(sd)
+        damaged[key] = sd[key].copy()
+        damaged[key].flat[0] = bad
+        save_state_dict(damaged, str(tmp_path / "bad.pdparams"))
+        for target, out in (("hf", tmp_path / "hf"), ("safetensors", tmp_path / "x.safetensors")):
+            code, err = run("convert", ["--from", "ppmerge", "--to", target, "--input", tmp_path / "bad.pdparams",
+                                        "--output", out])
+            assert_one_error(code, err, str(tmp_path / "bad.pdparams"), key, word)
+            assert not out.exists()
+    code, err = run("convert", ["--from", "ppmerge", "--to", "hf", "--input", paths["SST2"], "--output", tmp_path / "hf"])
+    assert code == 0, err

@@ -44,6 +44,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ppmerge.cli import run_tool  # noqa: E402
+from ppmerge.errors import UserError  # noqa: E402
 
 # Kept in step with ppmerge.models.convert.SOURCES / TARGETS (a test checks); listed here so --help is instant.
 SOURCE_NAMES = ["ppmerge", "fleetx", "paddlenlp", "hf", "hf-t5", "peft-lora"]
@@ -72,6 +73,8 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.num_heads is not None and args.num_heads < 1:  # 0 is not "unset" (it used to fall back to the preset)
+        raise UserError(f"--num-heads: expected a positive number of attention heads, got {args.num_heads}")
     from ppmerge.fileio import prepare_output_file
     from ppmerge.models.convert import convert_checkpoint, output_path
 

@@ -247,6 +247,9 @@ def convert_checkpoint(source, target, input_path, output, num_heads=None, dtype
         loaded = read_peft_lora(input_path, num_heads, base=base)
     else:
         loaded = read_checkpoint(source, input_path, num_heads)
+    from ppmerge.models.checkpoint import check_finite
+
+    check_finite(loaded.state_dict, loaded.path or input_path)  # a NaN model is not exported (nothing written)
     path, count, notes = TARGETS[target](loaded, output, dtype, num_heads, task)
     if return_notes:
         return path, count, loaded.model_fields, notes
