@@ -199,9 +199,13 @@ def config_for(config, overrides, tasks=None, data_root=None):
     weights = weights_from_overrides(overrides)
     found = find_run_config(weights)
     if found is None:
-        where = f" (none beside {weights})" if weights else ""
-        raise ConfigError(f"no config: give -c CONFIG, or -o Engine.save_load.ckpt_dir=/ -o Model.pretrained= "
-                          f"a checkpoint of a tools/train.py run (its {RUN_CONFIG} is read){where}")
+        if weights and not os.path.exists(weights):
+            where = f" ({weights} does not exist)"
+        else:
+            where = f" (none beside {weights})" if weights else ""
+        raise ConfigError(f"no config: give -c CONFIG, or point -o Engine.save_load.ckpt_dir=<checkpoint folder> or "
+                          f"-o Model.pretrained=<model file> at a checkpoint of a tools/train.py run or a merge "
+                          f"(its {RUN_CONFIG} is read){where}")
     run_cfg = read_run_config(found) or {}
     if "ModelPool" not in run_cfg:
         return found, []
