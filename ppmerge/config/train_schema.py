@@ -151,7 +151,7 @@ TRAIN_SCHEMA = Section({
         "grad_clip": Section({
             "name": Field(str, default="ClipGradByGlobalNorm", choices=["ClipGradByGlobalNorm"],
                           help="gradient clipping"),
-            "clip_norm": Field(float, default=1.0, help="max global gradient norm"),
+            "clip_norm": Field(float, default=1.0, help="max global gradient norm; <= 0: no clipping"),
         }),
     }),
     "Data": Section({
