@@ -138,3 +138,16 @@ def test_convert_refuses_zero_heads_and_non_finite_weights(tmp_path):
             assert not out.exists()
     code, err = run("convert", ["--from", "ppmerge", "--to", "hf", "--input", paths["SST2"], "--output", tmp_path / "hf"])
     assert code == 0, err
+
+
+def test_a_folder_where_a_checkpoint_file_is_expected_is_named_as_such(tmp_path):
+    """It said 'checkpoint file not found' for a path that exists (as a folder)."""
+    from ppmerge.errors import CheckpointError
+    from ppmerge.models.checkpoint import load_numpy_state_dict
+
+    folder = tmp_path / "model.pdparams"
+    folder.mkdir()
+    with pytest.raises(CheckpointError, match="is a folder; expected a checkpoint file"):
+        load_numpy_state_dict(str(folder))
+    with pytest.raises(CheckpointError, match="checkpoint file not found"):
+        load_numpy_state_dict(str(tmp_path / "missing.pdparams"))

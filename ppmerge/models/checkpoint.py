@@ -33,6 +33,8 @@ def checkpoint_format(path):
 
 
 def _check_exists(path):
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder; expected a checkpoint file (.pdparams or .safetensors)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
 
