@@ -151,3 +151,19 @@ def test_a_folder_where_a_checkpoint_file_is_expected_is_named_as_such(tmp_path)
         load_numpy_state_dict(str(folder))
     with pytest.raises(CheckpointError, match="checkpoint file not found"):
         load_numpy_state_dict(str(tmp_path / "missing.pdparams"))
+
+
+def test_t5_generation_max_length_has_the_merge_schemas_range():
+    """Model.generation.max_length 0 was accepted by training and read as "unset" (10); the merge's
+    TaskPool.generation.max_length already required >= 2."""
+    from ppmerge.config.merge_schema import MERGE_SCHEMA
+    from ppmerge.config.train_schema import TRAIN_SCHEMA
+    from ppmerge.errors import ConfigError
+
+    train = TRAIN_SCHEMA.fields["Model"].fields["generation"].fields["max_length"]
+    merge = MERGE_SCHEMA.fields["TaskPool"].fields["generation"].fields["max_length"]
+    assert (train.min, train.default) == (merge.min, merge.default) == (2, 10)
+    for bad in (0, 1, -3):
+        with pytest.raises(ConfigError, match="max_length"):
+            train.validate(bad, "max_length", "t")
+    assert train.validate(2, "max_length", "t") == 2

@@ -123,7 +123,7 @@ TRAIN_SCHEMA = Section({
                                  help="also write output_dir/lora/merged_model.pdparams (W + scale*A*B)"),
         }, nullable=True, help="LoRA fine-tuning (paddlenlp.peft); null = full fine-tuning"),
         "generation": Section({
-            "max_length": Field(int, default=10, help="T5: greedy answer length incl. the start token "
+            "max_length": Field(int, default=10, min=2, help="T5: greedy answer length incl. the start token "
                                                        "(Hugging Face's generate max_length, as FusionBench)"),
         }),
         "loss": Section({
