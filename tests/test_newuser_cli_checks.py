@@ -167,3 +167,23 @@ def test_t5_generation_max_length_has_the_merge_schemas_range():
         with pytest.raises(ConfigError, match="max_length"):
             train.validate(bad, "max_length", "t")
     assert train.validate(2, "max_length", "t") == 2
+
+
+def test_t5_script_output_dir_env():
+    """projects/t5/finetune_flan_t5_base.sh wrote to ./output/flan_t5_base/<TASK> whatever CONFIG was
+    (the t5-tiny config's output_dir ignored); OUTPUT_DIR now replaces the parent, as for the GPT scripts."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    script = os.path.join(ROOT, "projects", "t5", "finetune_flan_t5_base.sh")
+
+    def dry(env, *args):
+        proc = subprocess.run(["bash", script, *args], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                              env=dict(os.environ, PYTHON=sys.executable, PPMERGE_DRY_RUN="1", **env))
+        assert proc.returncode == 0, proc.stderr
+        return yaml.safe_load(proc.stdout)["Engine"]["save_load"]["output_dir"]
+
+    assert dry({}, "RTE") == "./output/flan_t5_base/RTE"
+    assert dry({"OUTPUT_DIR": "runs/t5/"}, "RTE", "lora") == "runs/t5/RTE_lora-16"

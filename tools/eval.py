@@ -1,4 +1,4 @@
-"""Evaluate a fine-tuned (or merged) GPT model on any GLUE task, or write its GLUE test submission.
+"""Evaluate a fine-tuned or merged GPT / T5 model on any GLUE task or custom dataset, or write a GLUE submission.
 
     python tools/eval.py -o Engine.save_load.ckpt_dir=output/SST2/epoch_2_step_30
     python tools/eval.py -c <train config> -o Model.pretrained=merged/merged_model.pdparams \

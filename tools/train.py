@@ -1,4 +1,4 @@
-"""Fine-tune a GPT model on a GLUE task (PaddleFleetX's tools/train.py).
+"""Fine-tune a GPT classifier or a T5 (text-to-text, full or LoRA) on a GLUE task or a custom dataset.
 
     python tools/train.py -c configs/gpt/finetune_gpt_345M_single_card_glue.yaml \
         -o Data.Train.dataset.name=CoLA -o Data.Train.dataset.root=./dataset/cola_public/ ...

@@ -4,8 +4,9 @@
 #   bash projects/t5/finetune_flan_t5_base.sh RTE lora             # LoRA r=16, alpha=32, q and v
 #   bash projects/t5/finetune_flan_t5_base.sh MNLI lora Engine.num_train_epochs=1 --device gpu:1
 # Data: ./dataset/<GLUE folder>/ (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI; DATASET_DIR
-# overrides ./dataset). Output: ./output/flan_t5_base/<TASK>[_lora-16]/ (a LoRA run also writes lora/).
-# Env: PYTHON (interpreter), CONFIG (another config file).
+# overrides ./dataset). Output: ./output/flan_t5_base/<TASK>[_lora-16]/ (a LoRA run also writes lora/;
+# OUTPUT_DIR replaces ./output/flan_t5_base, e.g. for the t5-tiny config).
+# Env: PYTHON (interpreter), CONFIG (another config file), DATASET_DIR, OUTPUT_DIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 if [ -z "${PYTHON:-}" ]; then
@@ -40,7 +41,8 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ] && [ "${1#*=}" = "$1" ]; then  # not a fl
   esac
 fi
 DATA_ROOT="${DATASET_DIR:-./dataset}/$DIR/"
-OUT="./output/flan_t5_base/$TASK"
+OUT="${OUTPUT_DIR:-./output/flan_t5_base}"
+OUT="${OUT%/}/$TASK"
 ARGS=(-o "Data.Train.dataset.name=$TASK" -o "Data.Train.dataset.root=$DATA_ROOT"
       -o "Data.Eval.dataset.name=$TASK" -o "Data.Eval.dataset.root=$DATA_ROOT")
 if [ "$TASK" = MNLI ]; then ARGS+=(-o Data.Eval.dataset.split=dev_matched); fi
