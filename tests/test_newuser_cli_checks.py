@@ -187,3 +187,19 @@ def test_t5_script_output_dir_env():
 
     assert dry({}, "RTE") == "./output/flan_t5_base/RTE"
     assert dry({"OUTPUT_DIR": "runs/t5/"}, "RTE", "lora") == "runs/t5/RTE_lora-16"
+
+
+def test_train_refuses_a_pretrained_model_it_would_rewrite(tmp_path):
+    """Training into an earlier run's folder from that run's best/model.pdparams replaced its own
+    starting point (exit 0). Checked right after the config, before any data or model is read."""
+    best = tmp_path / "run" / "best"
+    best.mkdir(parents=True)
+    (tmp_path / "run" / ".ppmerge-output").write_text("train\n")
+    (best / "model.pdparams").write_bytes(b"not read")
+    args = ["-c", os.path.join(ROOT, "configs", "gpt", "finetune_gpt_tiny_glue.yaml"),
+            "-o", f"Engine.save_load.output_dir={tmp_path / 'run'}"]
+    for inside in ("best/model.pdparams", "epoch_1_step_9/model.pdparams", "lora/merged_model.pdparams"):
+        code, err = run("train", [*args, "-o", f"Model.pretrained={tmp_path / 'run' / inside}"])
+        assert_one_error(code, err, "Model.pretrained", inside)
+    assert (best / "model.pdparams").read_bytes() == b"not read"
+    assert sorted(os.listdir(tmp_path / "run")) == [".ppmerge-output", "best"]

@@ -28,6 +28,23 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def check_pretrained_not_replaced(cfg):
+    """Model.pretrained must not be a checkpoint this run rewrites (best/, epoch_*/, lora/ of its output_dir):
+    training again into an earlier run's folder from that run's best model used to replace its own start."""
+    from ppmerge.errors import ConfigError
+
+    out_dir = cfg["Engine"]["save_load"]["output_dir"]
+    pretrained = cfg["Model"].get("pretrained")
+    if not pretrained:
+        return
+    rel = os.path.relpath(os.path.realpath(pretrained), os.path.realpath(out_dir))
+    top = rel.split(os.sep)[0]
+    if top in ("best", "lora") or top.startswith("epoch_"):
+        raise ConfigError(f"Model.pretrained {pretrained} is a checkpoint this run writes in Engine.save_load.output_dir "
+                          f"{out_dir} (it would replace its own starting point); copy it elsewhere or choose another "
+                          f"output_dir")
+
+
 def main(argv=None):
     args = parse_args(argv)
     from ppmerge.config import dump_config, load_config
@@ -46,6 +63,7 @@ def main(argv=None):
     # before any work (the whole check again, with free space, when training starts)
     prepare_output_dir(cfg["Engine"]["save_load"]["output_dir"], "train", overwrite=args.overwrite,
                        what="Engine.save_load.output_dir")
+    check_pretrained_not_replaced(cfg)
     from ppmerge.engine import Engine, FinetuneModule, build_dataset
 
     train_data = build_dataset(cfg, "Train")  # data errors surface before the model is built
