@@ -203,3 +203,40 @@ def test_train_refuses_a_pretrained_model_it_would_rewrite(tmp_path):
         assert_one_error(code, err, "Model.pretrained", inside)
     assert (best / "model.pdparams").read_bytes() == b"not read"
     assert sorted(os.listdir(tmp_path / "run")) == [".ppmerge-output", "best"]
+
+
+def test_eval_with_head_keeps_the_task_heads_results(tmp_path):
+    """`--head sst2_b` on a soup's merged model wrote eval_results_SST2_dev.json too: the second of the two
+    runs silently replaced the first. The --head run now has its own file, with its own numbers."""
+    import json
+
+    from test_merge_runner_support import MODEL_CFG, make_pool, raw_config, write_yaml
+
+    code, err = run("make_glue_data", ["--out", tmp_path / "data", "--tasks", "SST2", "--n-train", "8",
+                                       "--n-dev", "24", "--n-test", "4"])
+    assert code == 0, err
+    paths, _ = make_pool(str(tmp_path / "pool"), tasks=("SST2", "RTE"))
+    cfg = raw_config(paths, str(tmp_path / "data"), str(tmp_path / "merge"), tasks=("SST2",))
+    # a soup: two SST2 models (RTE's file with a 2-class head stands in for a second SST-2 run)
+    cfg["ModelPool"]["models"] = {"sst2_a": {"path": paths["SST2"], "task": "SST2"},
+                                  "sst2_b": {"path": paths["RTE"], "task": "SST2"}}
+    cfg["TaskPool"]["tasks"] = []
+    code, err = run("merge", ["-c", write_yaml(cfg, str(tmp_path / "soup.yaml"))])
+    assert code == 0, err
+    merged = tmp_path / "merge" / "merged_model.pdparams"
+    out = tmp_path / "ev"
+    common = ["-c", os.path.join(ROOT, "configs", "gpt", "finetune_gpt_tiny_glue.yaml"),
+              "-o", f"Model.pretrained={merged}", "-o", "Data.Eval.dataset.name=SST2",
+              "-o", f"Data.Eval.dataset.root={tmp_path / 'data' / 'SST-2'}", "-o", "Data.Eval.dataset.max_length=32",
+              *[a for k, v in MODEL_CFG.items() if k != "name" for a in ("-o", f"Model.{k}={v}")],
+              "--output-dir", out]
+    results = {}
+    for head in (None, "sst2_a", "sst2_b"):
+        code, err = run("eval", common + (["--head", head] if head else []))
+        assert code == 0, err
+        name = "eval_results_SST2_dev.json" if head is None else f"eval_results_SST2_dev_head-{head}.json"
+        with open(out / name) as f:
+            results[head] = json.load(f)
+    assert results[None]["head"] == "SST2"
+    assert results["sst2_a"]["head"] == "sst2_a" and results["sst2_b"]["head"] == "sst2_b"
+    assert results["sst2_a"]["loss"] != results["sst2_b"]["loss"]  # different heads, different numbers

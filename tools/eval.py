@@ -11,7 +11,8 @@ file, folder or FleetX prefix). Without -c the run's config.yaml beside the chec
 task is `Data.Eval.dataset.name` (or --tasks); its class count, loss and metric come from the task,
 so naming the task is enough. The model must hold a head for it (a merged model: `heads.<TASK>` or
 --head NAME; a plain checkpoint: its own, fine-tuned on that task), else it is an error -- never a
-random head. Labelled splits print the task's metrics and write `eval_results_<TASK>_<split>.json`;
+random head. Labelled splits print the task's metrics and write `eval_results_<TASK>_<split>.json`
+(`eval_results_<TASK>_<split>_head-<NAME>.json` with --head NAME);
 `--split test` writes the GLUE submission TSVs (CoLA.tsv, SST-2.tsv, ..., MNLI-m.tsv, MNLI-mm.tsv
 and AX.tsv from the diagnostic set with the MNLI head); `--tasks all` also writes
 glue_submission.zip with the eleven files. Files go next to the checkpoint (ckpt_dir, or the
@@ -108,7 +109,8 @@ def main(argv=None):
                     continue  # AX only when its file is there, unless the submission must be complete
             path, columns, _ = data_file(task, root, s)
             labelled = columns.label is not None
-            name = f"eval_results_{task.name}_{s}.json" if labelled else submission_name(task, s)
+            head = f"_head-{args.head}" if args.head else ""  # a --head run does not replace the task head's results
+            name = f"eval_results_{task.name}_{s}{head}.json" if labelled else submission_name(task, s)
             jobs.append((task, s, name, labelled))
     names = [name for *_, name, _ in jobs] + (["glue_submission.zip"] if complete else [])
     _check_outputs(args, out_dir, names)
