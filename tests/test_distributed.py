@@ -33,7 +33,7 @@ def test_two_processes_see_disjoint_data_and_end_with_identical_weights(tmp_path
     assert all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0].files)
 
     # rank 0 alone saved and logged: 64 / (8 x 2 ranks) = 4 steps
-    out = tmp_path / "output" / "tiny"
+    out = tmp_path / "output" / "tiny" / "SST2"  # the scripts write one folder per task
     assert (out / "latest").read_text().strip() == "epoch_0_step_4"
     assert "2 rank(s)" in logs and logs.count("[train] done") == 1
     from ppmerge.models import load_numpy_state_dict
