@@ -233,3 +233,48 @@ def test_model_stock_at_its_pole_is_an_error_not_nan():
     models = [{"v": np.array([s], np.float32)} for s in (1.0, 1.0, -1.0, -1.0)]  # mean cos = −1/3: 1 + 3·cos = 0
     with pytest.raises(UserError, match="non-finite values on 'v'"):
         METHODS["model_stock"](base, models)
+
+
+# --- parameter ranges: refused at resolve time, the message names the key the user wrote --------------
+
+@pytest.mark.parametrize("method, params, message", [
+    ("slerp", {"t": 2.0}, r"Merge\.t: expected an interpolation factor in \[0\.0, 1\.0\], got 2\.0"),
+    ("slerp", {"t": -0.5}, r"Merge\.t: .* got -0\.5"),
+    ("karcher", {"tol": -1.0}, r"Merge\.tol: expected a number > 0"),
+    ("karcher", {"tol": 0.0}, r"Merge\.tol: expected a number > 0"),
+    ("karcher", {"max_iter": 0}, r"Merge\.max_iter: expected an integer >= 1, got 0"),
+    ("karcher", {"weights": [1.0, -1.0, 1.0]}, r"Merge\.weights: expected non-negative weights"),
+    ("multislerp", {"eps": 0.0}, r"Merge\.eps: expected a number > 0"),
+    ("multislerp", {"weights": [0.0, 0.0, 0.0]}, r"Merge\.weights: .*positive sum"),
+    ("breadcrumbs", {"gamma": 1.5}, r"Merge\.gamma: expected a fraction in \[0\.0, 1\.0\]"),
+    ("breadcrumbs_ties", {"density": 0.0}, r"Merge\.density: expected a fraction in \(0, 1\]"),
+    ("della", {"density": 1.0}, r"Merge\.density: expected a probability in \(0\.0, 1\.0\)"),
+    ("della_linear", {"epsilon": -0.1}, r"Merge\.epsilon: expected a number >= 0"),
+    ("della", {"seed": -1}, r"Merge\.seed: expected an integer >= 0"),
+    ("dare_simple_average", {"seed": -1}, r"Merge\.seed: expected an integer >= 0"),
+])
+def test_out_of_range_parameters_are_refused_naming_the_key(method, params, message):
+    with pytest.raises(UserError, match=message):
+        METHODS[method].resolve(params)
+
+
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+@pytest.mark.parametrize("params", [{"density": 0.9}, {"density": 0.2, "epsilon": 0.2}])
+def test_della_keep_probabilities_outside_0_1_name_density_and_epsilon(method, params):
+    """density ± epsilon must stay in (0, 1); the error names Merge.epsilon / Merge.density (what the user
+    wrote), never the internal Merge.sparsify spec or its ratio."""
+    base, models = pool(7)
+    with pytest.raises(UserError) as info:
+        METHODS[method](base, models, **params)
+    text = str(info.value)
+    assert text.startswith("Merge.epsilon: ") and "Merge.density" in text and "sparsify" not in text
+    assert "ratio" not in text
+
+
+def test_range_edges_are_accepted_and_slerp_ends_are_the_endpoints():
+    base, models = pool(8, n=2)
+    for t, expected in ((0.0, models[0]), (1.0, models[1])):
+        close(METHODS["slerp"](base, models, t=t), expected)
+    METHODS["karcher"].resolve({"max_iter": 1, "tol": 1e-12, "weights": [0.0, 1.0]})
+    METHODS["della"].resolve({"density": 0.5, "epsilon": 0.0, "seed": 0})
+    METHODS["breadcrumbs"].resolve({"gamma": 0.0, "density": 1.0})

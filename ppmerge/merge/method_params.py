@@ -16,6 +16,34 @@ def _check_percent(value, where):
     return value
 
 
+def check_range(lo=None, hi=None, lo_open=False, hi_open=False, what="a number"):
+    """A Param.check refusing values outside [lo, hi] (an open end with lo_open / hi_open; None: unbounded)."""
+    if hi is None:
+        span = f"{'>' if lo_open else '>='} {lo}"
+    elif lo is None:
+        span = f"{'<' if hi_open else '<='} {hi}"
+    else:
+        span = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+    def check(value, where):
+        low = lo is None or (value > lo if lo_open else value >= lo)
+        high = hi is None or (value < hi if hi_open else value <= hi)
+        if not (low and high):
+            raise ConfigError(f"{where}: expected {what} {span}, got {value}")
+        return value
+    return check
+
+
+def check_mean_weights(value, where):
+    """Weights of a weighted mean (normalised to sum 1): non-negative with a positive sum."""
+    if value is None:
+        return value
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if any(v < 0 for v in values) or sum(values) <= 0:
+        raise ConfigError(f"{where}: expected non-negative weights with a positive sum, got {value}")
+    return value
+
+
 def scaling_factors(scaling_factor, num_models, where="Merge.scaling_factor"):
     """λ as one float per model: a float applies to all, a list must have one entry per model."""
     if isinstance(scaling_factor, (list, tuple)):
@@ -31,7 +59,8 @@ def scaling_factor_param(default=0.3):
 
 SPARSITY_RATIO = Param("float", 0.5, "DARE: probability p of dropping each task-vector entry", check=_check_fraction)
 RESCALE = Param("bool", True, "DARE: multiply kept entries by 1/(1 − p)")
-SEED = Param("int", 0, "DARE: seed of the drop masks (per model and tensor, device independent)")
+SEED = Param("int", 0, "DARE: seed of the drop masks (per model and tensor, device independent; >= 0)",
+             check=check_range(0, what="an integer"))
 THRESHOLD = Param("float", 20.0, "TIES: percentage of each task vector kept (largest |τ|)", check=_check_percent)
 TOPK_SCOPE = Param("str", "global", "TIES: rank |τ| over the whole task vector (FusionBench) or per tensor "
                    "(the scope of mergekit's TIES; mergekit-exact also needs topk_rule: count, zero_sign: positive)",

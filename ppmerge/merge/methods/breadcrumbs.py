@@ -6,7 +6,7 @@ largest |τ|) and the smallest, keeping int(density·d) entries (ppmerge.merge.s
   breadcrumbs_ties:  θ = θ₀ + TIES sign election and disjoint sum of w_i·τ̂_i (+1 where Σ = 0; mergekit)
 """
 from ppmerge.merge.executor import Consensus, Linear
-from ppmerge.merge.method_params import weights_of
+from ppmerge.merge.method_params import check_range, weights_of
 from ppmerge.merge.methods.ties_merging import ties
 from ppmerge.merge.registry import Param, register_plan
 
@@ -38,7 +38,9 @@ PARAMS = {
     "weights": Param("float|list[float]", 1.0, "w_i (mergekit's `weight`); a float applies to every model, a list "
                      "is one per model (pool order)", nullable=True),
     "density": Param("float", 0.9, "fraction of each tensor's entries kept", check=_density),
-    "gamma": Param("float", 0.01, "fraction of each tensor's largest |τ| dropped as outliers"),
+    "gamma": Param("float", 0.01, "fraction in [0, 1] of each tensor's largest |τ| dropped as outliers (when "
+                   "density + gamma > 1, fewer outliers are dropped so that density is kept)",
+                   check=check_range(0.0, 1.0, what="a fraction")),
 }
 
 register_plan("breadcrumbs", Linear(breadcrumbs, sparsify=breadcrumbs_spec), params=PARAMS,

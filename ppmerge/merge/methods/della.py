@@ -6,13 +6,22 @@ MagPrune: each row of a task vector keeps entry j with probability p_j = density
   della:         θ = θ₀ + λ·[TIES sign election (+1 where Σ = 0), Σ_agreeing w_i τ̂_i / Σ_agreeing w_i]
   della_linear:  θ = θ₀ + λ·Σ_i w_i·τ̂_i
 """
+from ppmerge.errors import ConfigError
 from ppmerge.merge.executor import Consensus, Linear
-from ppmerge.merge.method_params import weights_of
+from ppmerge.merge.method_params import check_range, weights_of
 from ppmerge.merge.methods.ties_merging import ties
 from ppmerge.merge.registry import Param, register_plan
 
 
+def check_della(density, epsilon, where="Merge"):
+    """MagPrune's keep probabilities density ± epsilon must lie in (0, 1); the message names the user's keys."""
+    if not 0.0 < density - epsilon <= density + epsilon < 1.0:
+        raise ConfigError(f"{where}.epsilon: della needs 0 < {where}.density ± {where}.epsilon < 1 (keep "
+                          f"probabilities), got density = {density}, epsilon = {epsilon}")
+
+
 def della_spec(p):
+    check_della(p["density"], p["epsilon"])
     return {"name": "della", "ratio": 1.0 - p["density"], "epsilon": p["epsilon"], "rescale": p["rescale"],
             "seed": p["seed"]}
 
@@ -31,11 +40,14 @@ def della(p):
 PARAMS = {
     "weights": Param("float|list[float]", 1.0, "w_i (mergekit's `weight`); a float applies to every model, a list "
                      "is one per model (pool order)", nullable=True),
-    "density": Param("float", 0.7, "mean keep probability"),
-    "epsilon": Param("float", 0.15, "keep probabilities span density ± epsilon (checked to stay in (0, 1))"),
+    "density": Param("float", 0.7, "mean keep probability, in (0, 1)",
+                     check=check_range(0.0, 1.0, lo_open=True, hi_open=True, what="a probability")),
+    "epsilon": Param("float", 0.15, "keep probabilities span density ± epsilon (>= 0; checked to stay in (0, 1))",
+                     check=check_range(0.0)),
     "scaling_factor": Param("float", 1.0, "λ (mergekit's `lambda`)"),
     "rescale": Param("bool", True, "divide each kept entry by its keep probability"),
-    "seed": Param("int", 0, "seed of the MagPrune draws (per model and tensor, device independent)"),
+    "seed": Param("int", 0, "seed of the MagPrune draws (per model and tensor, device independent; >= 0)",
+                  check=check_range(0, what="an integer")),
 }
 
 register_plan("della", Consensus(ties, options=della), params=PARAMS,

@@ -10,6 +10,7 @@ import numpy as np
 
 from ppmerge.errors import ConfigError
 from ppmerge.merge.executor import PerTensor
+from ppmerge.merge.method_params import check_mean_weights, check_range
 from ppmerge.merge.registry import Param, register_plan
 
 
@@ -21,6 +22,8 @@ def karcher(theta0, thetas, weights=None, max_iter=10, tol=1e-5):
     norms = np.array([np.linalg.norm(v) for v in x])
     valid = [i for i in range(len(x)) if norms[i] > tol]
     if not valid:
+        return np.zeros(theta0.shape)
+    if a[valid].sum() <= 0:  # every weighted model has a zero tensor here
         return np.zeros(theta0.shape)
     w = a[valid] / a[valid].sum()
     units = [x[i] / norms[i] for i in valid]
@@ -43,8 +46,10 @@ def karcher(theta0, thetas, weights=None, max_iter=10, tol=1e-5):
 
 
 register_plan("karcher", PerTensor(karcher), params={
-    "weights": Param("list[float]", None, "one weight per model, pool order (null: 1/N each)", nullable=True),
-    "max_iter": Param("int", 10, "iterations of the fixed-point update"),
-    "tol": Param("float", 1e-5, "convergence and zero-norm tolerance"),
+    "weights": Param("list[float]", None, "one weight per model, pool order (null: 1/N each); non-negative with "
+                     "a positive sum", nullable=True, check=check_mean_weights),
+    "max_iter": Param("int", 10, "iterations of the fixed-point update (>= 1)",
+                      check=check_range(1, what="an integer")),
+    "tol": Param("float", 1e-5, "convergence and zero-norm tolerance (> 0)", check=check_range(0.0, lo_open=True)),
 }, doc="weighted Karcher mean of the models on the sphere per tensor, × the weighted mean norm (mergekit)",
               needs_base=False)

@@ -3,7 +3,9 @@
 slerp (Shoemake 1985): two models; with one fine-tuned model in the pool they are the base (t = 0) and
 that model (t = 1), as in mergekit; with two they are the first (t = 0) and the second. On each tensor,
 flattened: ω = arccos(û₀·û₁) between the unit directions; θ = sin((1 − t)ω)/sin ω·v₀ + sin(tω)/sin ω·v₁,
-and the linear (1 − t)·v₀ + t·v₁ when |û₀·û₁| > 0.9995 (nearly colinear).
+and the linear (1 − t)·v₀ + t·v₁ when |û₀·û₁| > 0.9995 (nearly colinear). t must lie in [0, 1]: mergekit
+documents t as the interpolation factor (t = 0 the base, t = 1 the other model); its code does not clamp, so
+t outside would extrapolate along the great circle, which ppmerge refuses rather than run undocumented.
 
 multislerp (mergekit's barycentric interpolation on the sphere): per tensor, x_i = θ_i − θ₀ (`use_base`)
 or θ_i; weights w normalised to sum 1; u_i = x_i/(‖x_i‖ + ε); mean direction μ = Σ w_i u_i / ‖·‖; the
@@ -14,6 +16,7 @@ import numpy as np
 
 from ppmerge.errors import ConfigError
 from ppmerge.merge.executor import PerTensor
+from ppmerge.merge.method_params import check_mean_weights, check_range
 from ppmerge.merge.registry import Param, register_plan
 
 
@@ -60,10 +63,12 @@ def multislerp(theta0, thetas, weights=None, use_base=True, eps=1e-8):
 
 
 register_plan("slerp", PerTensor(slerp), params={
-    "t": Param("float", 0.5, "interpolation: 0 gives the first model (the base with a one-model pool), 1 the second"),
+    "t": Param("float", 0.5, "interpolation factor in [0, 1]: 0 gives the first model (the base with a one-model "
+               "pool), 1 the second; no extrapolation", check=check_range(0.0, 1.0, what="an interpolation factor")),
 }, doc="spherical interpolation of two models per tensor, linear when nearly colinear (mergekit)")
 register_plan("multislerp", PerTensor(multislerp), params={
-    "weights": Param("list[float]", None, "one weight per model, pool order (null: equal); normalised", nullable=True),
+    "weights": Param("list[float]", None, "one weight per model, pool order (null: equal); non-negative, "
+                     "normalised to sum 1", nullable=True, check=check_mean_weights),
     "use_base": Param("bool", True, "interpolate the task vectors θ_i − θ₀ (the sphere centred on the base)"),
-    "eps": Param("float", 1e-8, "ε of the normalisations"),
+    "eps": Param("float", 1e-8, "ε of the normalisations (> 0)", check=check_range(0.0, lo_open=True)),
 }, doc="barycentric interpolation of N models on the sphere, per tensor (mergekit's multislerp)")
