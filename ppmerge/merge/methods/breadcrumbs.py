@@ -37,7 +37,7 @@ def _density(value, where):
 PARAMS = {
     "weights": Param("float|list[float]", 1.0, "w_i (mergekit's `weight`); a float applies to every model, a list "
                      "is one per model (pool order)", nullable=True),
-    "density": Param("float", 0.9, "fraction of each tensor's entries kept", check=_density),
+    "density": Param("float", 0.9, "fraction of each tensor's entries kept, in (0, 1]", check=_density),
     "gamma": Param("float", 0.01, "fraction in [0, 1] of each tensor's largest |τ| dropped as outliers (when "
                    "density + gamma > 1, fewer outliers are dropped so that density is kept)",
                    check=check_range(0.0, 1.0, what="a fraction")),
