@@ -69,13 +69,8 @@ def slerp_reference(t, a, b):
     return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
 
 
-@pytest.mark.parametrize("method", ["slerp", "della", "model_stock"])
-def test_shipped_config_runs_end_to_end_on_the_tiny_pool(method, pool, glue_suite, tmp_path):
-    from ppmerge.merge import get_method
-    from ppmerge.models import load_numpy_state_dict
-
-    paths, sds = pool
-    tasks = TASKS[:2] if method == "slerp" else TASKS
+def run_config(method, paths, tasks, glue_suite, tmp_path):
+    """A config inheriting the shipped one, on the tiny pool; returns (its path, output dir, shipped path)."""
     out = str(tmp_path / "out")
     shipped = os.path.join(ROOT, "configs", "merge", f"gpt_glue_{method}.yaml")
     write_yaml({"_base_": shipped, "Global": {"device": "cpu", "seed": 7},
@@ -83,7 +78,18 @@ def test_shipped_config_runs_end_to_end_on_the_tiny_pool(method, pool, glue_suit
                 "TaskPool": {"tasks": tasks, "data_root": glue_suite["glue"], "batch_size": 16, "max_length": 32,
                              "max_examples": 24, "model": {"name": "gpt-tiny"}},
                 "Output": {"dir": out}}, tmp_path / "run.yaml")
-    assert merge_main()(["-c", str(tmp_path / "run.yaml")]) == 0
+    return str(tmp_path / "run.yaml"), out, shipped
+
+
+@pytest.mark.parametrize("method", ["slerp", "della", "model_stock"])
+def test_shipped_config_runs_end_to_end_on_the_tiny_pool(method, pool, glue_suite, tmp_path):
+    from ppmerge.merge import get_method
+    from ppmerge.models import load_numpy_state_dict
+
+    paths, sds = pool
+    tasks = TASKS[:2] if method == "slerp" else TASKS
+    run, out, shipped = run_config(method, paths, tasks, glue_suite, tmp_path)
+    assert merge_main()(["-c", run]) == 0
     with open(os.path.join(out, "config.yaml")) as f:
         saved = yaml.safe_load(f)
     with open(shipped) as f:
@@ -100,3 +106,23 @@ def test_shipped_config_runs_end_to_end_on_the_tiny_pool(method, pool, glue_suit
     for key in backbone:
         np.testing.assert_allclose(merged[key], np.asarray(expected[key]), rtol=1e-4, atol=1e-5, err_msg=key)
     assert os.path.isfile(os.path.join(out, "report.json"))
+
+
+@pytest.mark.parametrize("method, override, message", [
+    ("slerp", "Merge.t=2", "error: Merge.t: expected an interpolation factor in [0.0, 1.0], got 2"),
+    ("della", "Merge.density=0.9", "error: Merge.epsilon: della needs 0 < Merge.density ± Merge.epsilon < 1"),
+    ("karcher", "Merge.max_iter=0", "error: Merge.max_iter: expected an integer >= 1, got 0"),
+])
+def test_out_of_range_override_exits_2_naming_the_key_and_writes_nothing(method, override, message, pool,
+                                                                         glue_suite, tmp_path, capsys):
+    from ppmerge.cli import run_tool
+
+    paths, _ = pool
+    tasks = TASKS[:2] if method == "slerp" else TASKS
+    run, out, _ = run_config(method, paths, tasks, glue_suite, tmp_path)
+    with pytest.raises(SystemExit) as info:
+        run_tool(merge_main(), ["-c", run, "-o", override])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert "sparsify" not in err and "Traceback" not in err
+    assert not os.path.exists(out)
