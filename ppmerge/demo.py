@@ -262,13 +262,11 @@ T5_LORA = ["Model.lora.r=16", "Model.lora.alpha=32", "Model.lora.target_modules=
 
 
 def write_t5_base(path, model_cfg, seed):
-    """The tiny T5 'pretrained' base: the t5-tiny preset, seeded random init, our T5 key layout."""
-    from ppmerge.engine.seed import seed_everything
-    from ppmerge.models.checkpoint import save_state_dict
-    from ppmerge.models.families import get_family
+    """The tiny T5 'pretrained' base: the t5-tiny preset, seeded random init, our T5 key layout
+    (ppmerge.models.init.write_t5_base, which tools/init_model.py --preset t5-tiny also writes)."""
+    from ppmerge.models.init import write_t5_base as _write
 
-    seed_everything(seed)
-    save_state_dict(get_family(model_cfg).build().state_dict(), path)
+    _write(path, model_cfg, seed)
 
 
 def run_t5_demo(out_dir, data_dir, tasks=T5_TASKS, n_dev=128, epochs=3, seed=0, lora=True, say=print):

@@ -16,10 +16,22 @@ def t5_config(glue_suite, spiece, out, task="SST2", extra=()):
 
     root = task_root(task, glue_suite["glue"], "glue")
     vocab = load_t5_tokenizer(spiece).vocab_size
+    if any(e.startswith("Model.lora") for e in extra):  # a LoRA run needs a saved base (Model.pretrained)
+        extra = [*extra, f"Model.pretrained={_base(os.path.dirname(os.fspath(out)), {'name': 't5-tiny', 'vocab_size': vocab})}"]
     return load_config(CONFIG, [f"Tokenizer.spiece_model={spiece}", f"Model.vocab_size={vocab}",
                                 f"Data.Train.dataset.name={task}", f"Data.Train.dataset.root={root}",
                                 f"Data.Eval.dataset.name={task}", f"Data.Eval.dataset.root={root}",
                                 f"Engine.save_load.output_dir={out}", "Engine.logging_freq=100", *extra])
+
+
+def _base(folder, model_cfg):
+    """A seeded base model for LoRA runs in `folder` (written once per test folder)."""
+    from ppmerge.models.init import write_initial_model
+
+    path = os.path.join(folder, f"base_{model_cfg['name']}.pdparams")
+    if not os.path.exists(path):
+        write_initial_model(path, model_cfg, seed=0)
+    return path
 
 
 def _engine(cfg):
@@ -160,7 +172,8 @@ def test_gpt_lora_trains_adapters_and_head(glue_suite, tmp_path):
     root = task_root("SST2", glue_suite["glue"], "glue")
     cfg = load_config(os.path.join(os.path.dirname(CONFIG), "..", "gpt", "finetune_gpt_tiny_glue.yaml"),
                       [f"Data.Train.dataset.root={root}", f"Data.Eval.dataset.root={root}", "Engine.max_steps=2",
-                       f"Engine.save_load.output_dir={tmp_path / 'g'}", "Model.lora.r=4", *LORA[2:]])
+                       f"Engine.save_load.output_dir={tmp_path / 'g'}", "Model.lora.r=4", *LORA[2:],
+                       f"Model.pretrained={_base(str(tmp_path), {'name': 'gpt-tiny'})}"])
     engine = _engine(cfg)
     before = _state(engine.module.network)
     engine.fit(build_dataset(cfg, "Train"), None)

@@ -80,12 +80,20 @@ def train_sentencepiece(texts, path, vocab_size=1000):
     from ppmerge.fileio import atomic_path
 
     spm = _sentencepiece()
+    texts = [t for t in texts if t]
+    if not texts:
+        raise UserError(f"{os.fspath(path)}: no text to train a sentencepiece model on")
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(texts)), model_writer=model, vocab_size=int(vocab_size),
-        model_type="unigram", pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-        character_coverage=1.0, num_threads=1, minloglevel=2,
-        hard_vocab_limit=False, split_digits=True)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=int(vocab_size),
+            model_type="unigram", pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+            character_coverage=1.0, num_threads=1, minloglevel=2,
+            hard_vocab_limit=False, split_digits=True)
+    except (RuntimeError, ValueError) as exc:  # sentencepiece's C++ check: one line, no traceback
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{os.fspath(path)}: sentencepiece could not train a {vocab_size}-piece model "
+                        f"on {len(texts)} texts: {line}") from None
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(model.getvalue())

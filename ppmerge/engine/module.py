@@ -51,6 +51,11 @@ class FinetuneModule:
         self.family = family_of_config(cfg)
         self.family.check(self.task)
         self.lora_cfg = model_cfg.get("lora")
+        if pretrained and self.lora_cfg and not model_cfg.get("pretrained"):
+            # only the adapter is saved: on an unsaved random base it could never be used again
+            raise ConfigError("Model.pretrained: a LoRA run (Model.lora) saves only the adapter, so it needs the "
+                              "base it trains on; set Model.pretrained to a base model (e.g. one written by "
+                              "tools/init_model.py) or set Model.lora: null for full fine-tuning")
         set_device(cfg["Global"].get("device") or "cpu")
         seed_everything(int(cfg["Global"]["seed"]))  # before building: the init is seeded too
         self.network = self.family.build(self.task)
