@@ -17,6 +17,14 @@ A head saved with the adapter (GPT's `score.weight`) is the model's head, never 
     dense delta of the weight being read. The values are the ones merge-and-unload computes (float32
     W + the same float32 delta), so both modes give the same merged model for every method.
 
+Which base: where an adapter's adapter_config.json names its base (PEFT's `base_model_name_or_path`, our
+runs' `base_model` = the run's Model.pretrained) and that name is a local file or folder (as written:
+absolute, or relative to the current folder, else to the adapter folder), it must be `ModelPool.base`
+itself (the same file / folder, `os.path.samefile`) or a byte-identical copy of that file; anything else
+is a ConfigError naming both. A name that is no local path (a hub id such as google/flan-t5-base, or a
+base that was moved away) is not checked. In every case each adapted / modules_to_save weight must be a
+key of the base with the shape the adapter implies (`backbone_and_head`).
+
 The base is read with `peft_lora.load_base` (our checkpoint, an HF T5 / Flan-T5 or GPT-2 folder) and checked
 for NaN / Inf like any pool model; a pool with adapters needs one. Models share the base's arrays, so a
 streamed merge must not accumulate into the base's buffers (`ModelPool.models_share_base`).
@@ -91,6 +99,7 @@ class LoraPool:
         for name in self.names:
             adapter = read_adapter(pool.paths[name])
             _check_adapter_finite(adapter, name, pool.paths[name])
+            check_named_base(adapter.config, name, pool.paths[name], pool.base_path)
             self.adapters[name] = adapter
 
     def base_state_dict(self):
@@ -140,6 +149,42 @@ class LoraPool:
         backbone = merge_and_unload(base_backbone, replace(adapter, saved=saved),
                                     source=f"base model {self.pool.base_path}")
         return backbone, head
+
+
+def named_base(config, adapter_folder):
+    """The local path an adapter_config.json names as its base (`base_model_name_or_path`, or our
+    `base_model`), or None when it names none or no existing local file / folder."""
+    for key in ("base_model_name_or_path", "base_model"):
+        value = (config or {}).get(key)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        value = os.path.expanduser(value.strip())
+        candidates = [value] if os.path.isabs(value) else [value, os.path.join(os.fspath(adapter_folder), value)]
+        for candidate in candidates:
+            if os.path.exists(candidate):
+                return key, os.path.abspath(candidate)
+    return None
+
+
+def _same_base(a, b):
+    import filecmp
+
+    if os.path.samefile(a, b):
+        return True
+    return os.path.isfile(a) and os.path.isfile(b) and filecmp.cmp(a, b, shallow=False)
+
+
+def check_named_base(config, name, adapter_folder, base_path):
+    """Refuse adapter `name` when its adapter_config.json names a local base that is not `base_path`
+    (ModelPool.base) or a byte-identical copy of it (see the module docstring)."""
+    found = named_base(config, adapter_folder)
+    if found is None or base_path is None or not os.path.exists(base_path):
+        return
+    key, named = found
+    if not _same_base(named, base_path):
+        raise ConfigError(f"ModelPool.base: model {name} ({adapter_folder}) was trained on {named} (its "
+                          f"adapter_config.json {key}) but ModelPool.base is {os.path.abspath(base_path)}; "
+                          f"set ModelPool.base to the adapter's base")
 
 
 def _check_adapter_finite(adapter, name, path):
