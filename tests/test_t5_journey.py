@@ -70,6 +70,9 @@ def test_make_spiece_errors_are_one_line_and_write_nothing(journey, tmp_path):
     assert "--data" in one_line_error(run("make_spiece", "--data", tmp_path / "nope", "--out", tmp_path / "a.model"))
     assert "--vocab-size" in one_line_error(run("make_spiece", "--data", journey["data"], "--out",
                                                 tmp_path / "b.model", "--vocab-size", "3"))
+    line = one_line_error(run("make_spiece", "--data", journey["data"], "--out", tmp_path / "d.model",
+                              "--vocab-size", "100000"))
+    assert "100000-piece" in line and "Vocabulary size too high" in line
     (tmp_path / "empty").mkdir()
     assert "no GLUE task folder" in one_line_error(run("make_spiece", "--data", tmp_path / "empty",
                                                        "--out", tmp_path / "c.model"))

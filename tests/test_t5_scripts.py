@@ -51,9 +51,13 @@ def test_a_real_tiny_lora_run_through_the_script(tmp_path, t5_spiece):
     from ppmerge.data.t5_tokenizer import load_t5_tokenizer
 
     write_glue_suite(str(tmp_path / "dataset"), layout="glue", n_train=32, n_dev=16, n_test=4, seed=2, tasks=["RTE"])
+    from ppmerge.models.init import write_t5_base
+
     vocab = load_t5_tokenizer(t5_spiece).vocab_size
+    base = str(tmp_path / "base.pdparams")  # a LoRA run needs a saved base (Model.pretrained)
+    write_t5_base(base, {"name": "t5-tiny", "vocab_size": vocab}, 0)
     proc = _script("RTE", "lora", "Engine.max_steps=2", "Model.lora.r=2", f"Tokenizer.spiece_model={t5_spiece}",
-                   f"Model.vocab_size={vocab}", "Data.Train.dataset.max_length=64",
+                   f"Model.vocab_size={vocab}", "Data.Train.dataset.max_length=64", f"Model.pretrained={base}",
                    env={"CONFIG": os.path.join(ROOT, "configs", "t5", "finetune_t5_tiny_glue.yaml"),
                         "PPMERGE_NO_TQDM": "1"}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -3,7 +3,8 @@ suite's texts rendered through the T5 prompts, plus the answer words; nothing do
 
 The corpus is every train and dev example of each task folder present under --data (or --tasks),
 exactly what the T5 demo learns its vocabulary from (ppmerge.data.t5_tokenizer.suite_texts). The
-number of pieces it prints is what `Model.vocab_size` / `tools/init_model.py -o vocab_size=` must be.
+model has exactly --vocab-size pieces (more than the corpus allows: an error saying how many it does);
+that number is what `Model.vocab_size` / `tools/init_model.py -o vocab_size=` must be.
 
 Examples:
   python tools/make_glue_data.py --out dataset
@@ -26,7 +27,7 @@ def parse_args(argv):
     parser.add_argument("--layout", default="glue", help="folder layout of --data: glue (default) or fleetx")
     parser.add_argument("--tasks", nargs="+", default=None, help="tasks to read (default: every one present)")
     parser.add_argument("--out", required=True, help="the new sentencepiece model file (spiece.model)")
-    parser.add_argument("--vocab-size", type=int, default=1000, help="number of pieces (default 1000)")
+    parser.add_argument("--vocab-size", type=int, default=1000, help="number of pieces, exactly (default 1000)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return parser.parse_args(argv)
 
@@ -59,7 +60,7 @@ def main(argv=None):
     from ppmerge.data.t5_tokenizer import load_t5_tokenizer, suite_texts, train_sentencepiece
 
     texts = suite_texts(args.data, layout=args.layout, tasks=tasks)
-    train_sentencepiece(texts, args.out, vocab_size=args.vocab_size)
+    train_sentencepiece(texts, args.out, vocab_size=args.vocab_size, exact=True)  # exactly --vocab-size pieces
     pieces = load_t5_tokenizer(args.out).vocab_size
     print(f"wrote {args.out}: {pieces} pieces (pad 0, eos 1, unk 2) from {len(texts)} texts of "
           f"{', '.join(tasks)}; use Model.vocab_size={pieces}")

@@ -74,9 +74,10 @@ def load_t5_tokenizer(path):
     return T5Tokenizer(model_file)
 
 
-def train_sentencepiece(texts, path, vocab_size=1000):
+def train_sentencepiece(texts, path, vocab_size=1000, exact=False):
     """Train a unigram sentencepiece model with T5's special ids on `texts`; written atomically to
-    `path`. Returns the path. Small and deterministic for a given text list (one thread)."""
+    `path`. Returns the path. Small and deterministic for a given text list (one thread). `exact`:
+    exactly `vocab_size` pieces or a UserError (too few texts for it); else at most that many."""
     from ppmerge.fileio import atomic_path
 
     spm = _sentencepiece()
@@ -89,7 +90,7 @@ def train_sentencepiece(texts, path, vocab_size=1000):
             sentence_iterator=iter(texts), model_writer=model, vocab_size=int(vocab_size),
             model_type="unigram", pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
             character_coverage=1.0, num_threads=1, minloglevel=2,
-            hard_vocab_limit=False, split_digits=True)
+            hard_vocab_limit=bool(exact), split_digits=True)
     except (RuntimeError, ValueError) as exc:  # sentencepiece's C++ check: one line, no traceback
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{os.fspath(path)}: sentencepiece could not train a {vocab_size}-piece model "
