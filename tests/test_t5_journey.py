@@ -180,3 +180,24 @@ def test_lora_pool_checks_the_base_the_adapter_names(journey, tmp_path):
     message = str(err.value)
     assert "\n" not in message and "ModelPool.base" in message
     assert os.path.abspath(base) in message and os.path.abspath(other) in message
+
+
+def test_the_readme_tiny_t5_block_runs_as_written(tmp_path):
+    """The README's tiny T5 block, verbatim, in a fresh folder (tools/ and configs/ linked in, this python
+    first on PATH): every step exits 0 and the merge writes its report over both tasks."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("<!-- tiny-t5-workflow -->\n```bash\n", 1)[1].split("\n```", 1)[0]
+    for name in ("tools", "configs"):
+        os.symlink(os.path.join(ROOT, name), tmp_path / name)
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               PYTHONPATH=ROOT, PPMERGE_NO_TQDM="1")
+    result = subprocess.run(["bash", "-e", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "200 pieces" in result.stdout and "t5-tiny" in result.stdout
+    for task in ("SST2", "RTE"):
+        assert (tmp_path / "t5tiny" / task / "lora" / "adapter_model.pdparams").is_file()
+    with open(tmp_path / "t5tiny" / "merge" / "report.json", encoding="utf-8") as f:
+        report = json.load(f)
+    assert [m["name"] for m in report["pool"]] == ["SST2", "RTE"]
+    assert os.path.isfile(os.path.join(tmp_path, report["model_file"]))  # relative or absolute
