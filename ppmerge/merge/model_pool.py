@@ -5,7 +5,10 @@ with an optional task: `{sst2_seed1: {path: a.pdparams, task: SST2}, mine: b.pdp
 under a task's name (`SST2: a.pdparams`) is that task's model. Every model is split into its backbone
 (merged) and its head (keys matching `head_keys`, never merged, kept per model). A task's head is
 its model's head, or for several models of one task (a soup) the average of their heads unless
-`ModelPool.task_heads` names one model. All backbones must have the same keys and shapes as the base
+`ModelPool.task_heads` names one model. A merged model (a file of ppmerge's merges, its heads stored
+as `heads.<name>.<key>`) can be a pool input as it is: its `heads.` keys are never part of the backbone;
+with a task it contributes that task's head (`select_task_head`: the head saved under the task's or a
+model's name), without a task it contributes no head (its heads are left out, not merged). All backbones must have the same keys and shapes as the base
 (without a base: as the first model), and no NaN / Inf, else a UserError says which model and key --
 raised before the runner writes anything.
 
@@ -21,7 +24,7 @@ import re
 import numpy as np
 
 from ppmerge.errors import CheckpointError, ConfigError
-from ppmerge.models.checkpoint import TensorsOnDemand
+from ppmerge.models.checkpoint import HEADS_PREFIX, TensorsOnDemand
 
 DEFAULT_HEAD_KEYS = r"^score\."
 NO_HEADS = "(?!)"   # a regex matching no key: a model family without per-task heads (T5), all merged
@@ -338,10 +341,29 @@ class ModelPool:
         """(backbone, head): the keys matching head_keys go to the head; tied copies are dropped."""
         backbone, head = {}, {}
         for key, value in state_dict.items():
-            (head if self.head_pattern.search(key) else backbone)[key] = value
+            (head if self.is_head(key) else backbone)[key] = value
         for key in self.tied_copies(backbone, name, path or self.base_path):
             del backbone[key]
         return backbone, head
+
+    def is_head(self, key):
+        """A head key: matches head_keys, or a merged model's stored head (`heads.<name>.<key>`)."""
+        return key.startswith(HEADS_PREFIX) or bool(self.head_pattern.search(key))
+
+    def _model_head(self, name, head):
+        """A model's head from its head keys: a merged model's heads (`heads.<name>.…`) give the head of
+        the model's task (select_task_head), or none without a task; a plain model's head as it is."""
+        from ppmerge.models.checkpoint import merged_task_names, select_task_head
+
+        if not merged_task_names(head):
+            return head
+        task = self.task_of[name]
+        if task is None:
+            return {}
+        try:
+            return select_task_head(head, task)
+        except CheckpointError as exc:
+            raise CheckpointError(f"model {name} ({self.paths[name]}): {exc}") from None
 
     def tied_copies(self, state_dict, name, path):
         """The keys of `state_dict` that copy another key present in it (`tied_keys`); a copy that
@@ -413,7 +435,7 @@ class ModelPool:
         with open_state_dict(self.paths[first]) as lazy:  # dtype and shape from the index, else one tensor
             tied = set(k for k, source in self.tied_keys.items() if k in lazy.shapes and source in lazy.shapes)
             return {key: _zeros_like_entry(lazy, key) for key in lazy
-                    if not self.head_pattern.search(key) and key not in tied}
+                    if not self.is_head(key) and key not in tied}
 
     def forget_base(self):
         """Drop the cached base (a streamed merge consumed its buffers); it is reloaded if asked for."""
@@ -442,11 +464,12 @@ class ModelPool:
             with open_state_dict(self.paths[first]) as lazy:
                 tied = set(k for k, source in self.tied_keys.items() if k in lazy.shapes and source in lazy.shapes)
                 self._first_shapes = Shapes({k: tuple(v) for k, v in lazy.shapes.items()
-                                             if not self.head_pattern.search(k) and k not in tied})
+                                             if not self.is_head(k) and k not in tied})
         return self._first_shapes, first
 
     def _checked(self, name, backbone, head):
         path = self.paths[name]
+        head = self._model_head(name, head)
         if not head and self.task_of[name] is not None and self.head_pattern.pattern != NO_HEADS:
             raise CheckpointError(f"model {name} ({path}): no head keys match ModelPool.head_keys "
                                   f"{self.head_pattern.pattern!r} (a model with a task needs its head)")
@@ -460,7 +483,7 @@ class ModelPool:
 
     def _open(self, name, lazy):
         """A StreamedBackbone of an opened model file; its head is read (small) and checked now."""
-        head_keys = [key for key in lazy if self.head_pattern.search(key)]
+        head_keys = [key for key in lazy if self.is_head(key)]
         head = {key: lazy[key] for key in head_keys}
         _check_finite(head, name, self.paths[name])
         tied = set(self.tied_copies(_TiedView(lazy, self.tied_keys), name, self.paths[name]))
