@@ -59,3 +59,20 @@ def test_merged_input_without_task_contributes_no_head_and_wrong_task_is_an_erro
         run(named_config(paths, glue_suite["glue"], bad, {"m1": {"path": first_path, "task": "CoLA"},
                                                           "STSB": paths["STSB"]}, ["STSB"]))
     assert not os.path.exists(bad) or not os.listdir(bad)
+
+
+def test_two_columns_on_one_split_are_an_error(glue_suite):
+    """TaskPool.splits {MNLI: dev_mismatched} with tasks [MNLI, MNLI-mm]: both columns would be the mismatched
+    split (counted twice in the average) → ConfigError naming both; the default splits keep both columns."""
+    from ppmerge.errors import ConfigError
+    from ppmerge.evaluation.task_pool import TaskPool
+    from test_merge_runner_support import MODEL_CFG
+
+    section = {"tasks": ["MNLI", "MNLI-mm"], "data_root": glue_suite["glue"], "model": dict(MODEL_CFG)}
+    with pytest.raises(ConfigError, match=r"TaskPool.tasks: 'MNLI' and 'MNLI-mm' both evaluate MNLI on split "
+                                          r"'dev_mismatched' \(TaskPool.splits.MNLI: dev_mismatched\)"):
+        TaskPool.from_config({**section, "splits": {"MNLI": "dev_mismatched"}}, progress=False)
+    pool = TaskPool.from_config(section, progress=False)
+    assert [pool.split_of(t) for t in pool.tasks] == ["dev_matched", "dev_mismatched"]
+    with pytest.raises(ConfigError, match="'MNLI-m' and 'MNLI' both evaluate MNLI on split 'dev_matched'"):
+        TaskPool.from_config({**section, "tasks": ["MNLI-m", "MNLI"]}, progress=False)

@@ -99,6 +99,7 @@ class TaskPool:
         self.roots = {self.spec(k).name: v for k, v in (roots or {}).items()}
         self.split = split
         self.splits = self._check_splits(splits or {})
+        self._check_unique_columns()
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)
         from ppmerge.config.checks import check_max_length
@@ -144,6 +145,18 @@ class TaskPool:
             except UserError as exc:
                 raise ConfigError(f"TaskPool.splits.{task}: {exc}") from None
         return out
+
+    def _check_unique_columns(self):
+        """Two columns evaluating one task on one split (TaskPool.splits {MNLI: dev_mismatched} with tasks
+        [MNLI, MNLI-mm]) would show the same numbers twice and count them twice in the average: a ConfigError."""
+        seen = {}
+        for name in self.tasks:
+            key = (self.base_task(name), self.split_of(name))
+            if key in seen:
+                raise ConfigError(f"TaskPool.tasks: {seen[key]!r} and {name!r} both evaluate {key[0]} on split "
+                                  f"{key[1]!r} (TaskPool.splits.{key[0]}: {self.splits.get(key[0], '-')}); "
+                                  f"list each task/split once")
+            seen[key] = name
 
     def _parse_view(self, name, where="task"):
         """(view name, task name, split) of a view, or None; ConfigError for a bad task or split."""
