@@ -76,3 +76,46 @@ def test_two_columns_on_one_split_are_an_error(glue_suite):
     assert [pool.split_of(t) for t in pool.tasks] == ["dev_matched", "dev_mismatched"]
     with pytest.raises(ConfigError, match="'MNLI-m' and 'MNLI' both evaluate MNLI on split 'dev_matched'"):
         TaskPool.from_config({**section, "tasks": ["MNLI-m", "MNLI"]}, progress=False)
+
+
+@pytest.mark.parametrize("task, classes, metric_key", [("MNLI", 3, "accuracy"), ("STSB", 1, "pearson"),
+                                                       ("CoLA", 2, "mcc")])
+def test_train_derives_model_settings_from_the_task(task, classes, metric_key, tmp_path):
+    """tools/train.py on the tiny config (its _base_ sets SST-2's num_classes/loss/metric) with only the data
+    pointed at MNLI / STSB / CoLA: Model.* come from the task, CoLA's best/ tracks mcc; a value the user sets
+    that disagrees with the task is still an error."""
+    import importlib.util
+
+    from ppmerge.data import get_task, task_root
+    from ppmerge.data.synthetic import write_glue_suite
+    from ppmerge.errors import UserError
+    from test_engine_support import ROOT, TINY
+
+    spec = importlib.util.spec_from_file_location("tool_train_journey", os.path.join(ROOT, "tools", "train.py"))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    data = str(tmp_path / "glue")
+    write_glue_suite(data, layout="glue", n_train=32, n_dev=16, n_test=4, seed=1, tasks=[task])
+    root = task_root(get_task(task).name, data, "glue")
+    out = str(tmp_path / "out")
+    argv = ["-c", TINY, "--device", "cpu", "-o", f"Data.Train.dataset.name={task}", "-o", f"Data.Train.dataset.root={root}",
+            "-o", f"Data.Eval.dataset.name={task}", "-o", f"Data.Eval.dataset.root={root}",
+            "-o", f"Engine.save_load.output_dir={out}", "-o", "Engine.max_steps=2", "-o", "Engine.eval_freq=1",
+            "-o", "Engine.logging_freq=1000"]
+    from ppmerge.config import load_config
+
+    overrides = argv[5::2]
+    assert all(o.startswith(("Data.", "Engine.")) for o in overrides)
+    cfg = train.from_task(load_config(TINY, overrides), TINY, overrides)
+    want = get_task(task)
+    assert cfg["Model"]["num_classes"] == classes == want.num_classes
+    assert cfg["Model"]["loss"]["train"]["name"] == want.loss and cfg["Model"]["metric"]["eval"]["name"] == want.metric
+    assert train.main(argv) == 0
+    assert os.path.isdir(os.path.join(out, "best"))
+    import json
+
+    best = json.load(open(os.path.join(out, "best", "metrics.json")))
+    assert metric_key in json.dumps(best).lower()
+    bad = str(tmp_path / "bad")
+    with pytest.raises(UserError, match="num_classes"):
+        train.main(argv + ["-o", f"Engine.save_load.output_dir={bad}", "-o", f"Model.num_classes={classes + 3}"])

@@ -45,13 +45,55 @@ def check_pretrained_not_replaced(cfg):
                           f"output_dir")
 
 
+TASK_KEYS = ("num_classes", "loss.train.name", "loss.eval.name", "metric.train.name", "metric.eval.name")
+
+
+def from_task(cfg, path, overrides):
+    """Model.num_classes, Model.loss.*.name and Model.metric.*.name from the trained task (as tools/eval.py
+    does) where neither the config file itself nor `-o` set them (values inherited from a `_base_` file,
+    such as configs/gpt/finetune_gpt_base.yaml's SST-2 settings, count as defaults) (GPT family; a value the user set that disagrees
+    with the task stays an error: FinetuneModule checks it)."""
+    from ppmerge.config.inherit import resolve_file
+    from ppmerge.config.overrides import apply_overrides
+    from ppmerge.config.train_schema import TRAIN_SCHEMA
+    from ppmerge.engine.module import config_task
+    from ppmerge.engine.task_eval import _family
+
+    model = cfg.get("Model") or {}
+    if _family(model) != "gpt":
+        return cfg
+    origins = {}
+    raw = resolve_file(os.fspath(path), origins)
+    top = os.path.normpath(os.path.abspath(path))
+    # the user's values: the config file itself and -o; a `_base_` file's values are defaults
+    origins = {key: source for key, source in origins.items()
+               if os.path.normpath(os.path.abspath(str(source))) == top}
+    origins.update(apply_overrides(raw, overrides, TRAIN_SCHEMA))
+    from ppmerge.errors import ConfigError
+
+    try:
+        task = config_task(cfg)
+    except ConfigError:  # no task / train and eval disagree: FinetuneModule says so (--print-config still prints)
+        return cfg
+    values = {"num_classes": task.num_classes, "loss": task.loss, "metric": task.metric}
+    for key in TASK_KEYS:
+        parts = key.split(".")
+        if ("Model", *parts) in origins:
+            continue  # the user's value
+        if len(parts) == 1:
+            model[key] = values[key]
+        else:
+            model.setdefault(parts[0], {}).setdefault(parts[1], {})["name"] = values[parts[0]]
+    return cfg
+
+
 def main(argv=None):
     args = parse_args(argv)
     from ppmerge.config import dump_config, load_config
     from ppmerge.runtime import parse_device
 
     overrides = list(args.override) + ([f"Global.device={args.device}"] if args.device else [])
-    cfg = load_config(args.config, overrides)
+    cfg = from_task(load_config(args.config, overrides), args.config, overrides)
     parse_device(cfg["Global"]["device"])  # a typo in the device fails before any heavy import
     if os.environ.get("PADDLE_TRAINER_ID", "0") == "0":  # rank 0 only under paddle.distributed.launch
         print(dump_config(cfg), end="", flush=True)
