@@ -89,3 +89,46 @@ def merge_matrices(base, models, matrix_rule, scale=1.0, tau_scales=None):
         delta = matrix_rule(taus) if is_matrix(theta0) else taus.mean()
         merged[key] = (theta0 + np.float32(scale) * delta).astype(numpy_dtype(value), copy=False)
     return merged
+
+
+def save_per_task_file(path, fmt, tensors, heads, task_names, base_keys):
+    """The one-file layout of the per-task results (EMR-Merging, TSV-C): `tensors` + `heads.<task>.<key>` +
+    metadata {format, version, tasks (JSON, pool order), base_keys (JSON)}, written atomically with safetensors."""
+    import json
+
+    import safetensors.numpy
+
+    from ppmerge.fileio import atomic_path
+
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    for task, head in heads.items():
+        tensors.update({f"heads.{task}.{k}": np.ascontiguousarray(host32(v)) for k, v in head.items()})
+    metadata = {"format": fmt, "version": "1", "tasks": json.dumps(list(task_names)),
+                "base_keys": json.dumps(list(base_keys))}
+    with atomic_path(path) as tmp:
+        safetensors.numpy.save_file(tensors, tmp, metadata=metadata)
+
+
+def read_per_task_file(path, fmt, what, base):
+    """(tensors without heads, task names, heads {task: {key: array}}) of a file `save_per_task_file` wrote;
+    CheckpointError when it is not a `what` file or `base` lacks one of its base keys."""
+    import json
+
+    from safetensors import safe_open
+
+    from ppmerge.errors import CheckpointError
+
+    with safe_open(path, framework="numpy") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != fmt:
+            raise CheckpointError(f"{path}: not {what} file (metadata format {meta.get('format')!r}, "
+                                  f"expected {fmt!r})")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    missing = [k for k in json.loads(meta["base_keys"]) if k not in base]
+    if missing:
+        raise CheckpointError(f"{path}: base key {missing[0]!r} is missing from the given base")
+    heads = {}
+    for key in [k for k in tensors if k.startswith("heads.")]:
+        task, name = key[len("heads."):].split(".", 1)
+        heads.setdefault(task, {})[name] = tensors.pop(key)
+    return tensors, json.loads(meta["tasks"]), heads

@@ -25,13 +25,12 @@ Non-float keys are not stored: the base checkpoint (θ₀) is needed to rebuild 
 (`load_emr(path, base)`). Size: one model + N bits per parameter + heads, i.e. (1 + N/32) × a float32
 backbone against N × for the fine-tuned models (nine GPT-345M tasks: ~1.8 GB vs ~12.7 GB).
 """
-import json
 import os
 
 import numpy as np
 
-from ppmerge.errors import CheckpointError, ConfigError
-from ppmerge.merge.lowrank import TaskVectors, host32
+from ppmerge.errors import ConfigError
+from ppmerge.merge.lowrank import TaskVectors, host32, read_per_task_file, save_per_task_file
 from ppmerge.merge.registry import register
 from ppmerge.merge.tensor_ops import is_floating, numpy_dtype
 
@@ -83,43 +82,18 @@ class EMRModel:
 
     def save(self, folder, heads):
         """Write FILE into `folder` (atomically); returns its name."""
-        import safetensors.numpy
-
-        from ppmerge.fileio import atomic_path
-
-        tensors = {f"tau_uni.{k}": np.ascontiguousarray(v) for k, v in self.tau_uni.items()}
-        tensors.update({f"mask.{k}": np.ascontiguousarray(v) for k, v in self.masks.items()})
+        tensors = {f"tau_uni.{k}": v for k, v in self.tau_uni.items()}
+        tensors.update({f"mask.{k}": v for k, v in self.masks.items()})
         tensors["scales"] = self.scales
-        for task, head in heads.items():
-            tensors.update({f"heads.{task}.{k}": np.ascontiguousarray(host32(v)) for k, v in head.items()})
-        metadata = {"format": FORMAT, "version": "1", "tasks": json.dumps(self.task_names),
-                    "base_keys": json.dumps(list(self.base))}
-        with atomic_path(os.path.join(folder, FILE)) as tmp:
-            safetensors.numpy.save_file(tensors, tmp, metadata=metadata)
+        save_per_task_file(os.path.join(folder, FILE), FORMAT, tensors, heads, self.task_names, self.base)
         return FILE
 
 
 def load_emr(path, base):
     """(EMRModel, heads {task: {key: array}}) from a saved FILE and the base backbone it was made from."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: not an EMR-Merging file (metadata format {meta.get('format')!r}, "
-                                  f"expected {FORMAT!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    missing = [k for k in json.loads(meta["base_keys"]) if k not in base]
-    if missing:
-        raise CheckpointError(f"{path}: base key {missing[0]!r} is missing from the given base")
-    tasks = json.loads(meta["tasks"])
+    tensors, tasks, heads = read_per_task_file(path, FORMAT, "an EMR-Merging", base)
     tau = {k[len("tau_uni."):]: v for k, v in tensors.items() if k.startswith("tau_uni.")}
     masks = {k[len("mask."):]: v for k, v in tensors.items() if k.startswith("mask.")}
-    heads = {}
-    for key, value in tensors.items():
-        if key.startswith("heads."):
-            task, name = key[len("heads."):].split(".", 1)
-            heads.setdefault(task, {})[name] = value
     return EMRModel(base, tau, masks, tensors["scales"], tasks), heads
 
 

@@ -13,13 +13,12 @@ file `tsv_c_model.safetensors`:
 Size per m x n matrix: T·k·(m + n + 1) floats (k = r/T: r·(m + n), ≈ 2 matrices when square, ≈ 1 for an
 embedding table) against T matrices for the fine-tuned models. `load_tsv_c(path, base)` reads it back.
 """
-import json
 import os
 
 import numpy as np
 
-from ppmerge.errors import CheckpointError, ConfigError
-from ppmerge.merge.lowrank import TaskVectors, host32, is_matrix, svd
+from ppmerge.errors import ConfigError
+from ppmerge.merge.lowrank import TaskVectors, host32, is_matrix, svd, read_per_task_file, save_per_task_file
 from ppmerge.merge.registry import Param, register
 from ppmerge.merge.tensor_ops import is_floating, numpy_dtype
 
@@ -78,46 +77,21 @@ class LowRankTasks:
 
     def save(self, folder, heads):
         """Write FILE into `folder` (atomically); returns its name."""
-        import safetensors.numpy
-
-        from ppmerge.fileio import atomic_path
-
         tensors = {}
         for key, (u, s, vh) in self.factors.items():
             tensors.update({f"u.{key}": u, f"s.{key}": s, f"vh.{key}": vh})
         tensors.update({f"tau.{key}": value for key, value in self.dense.items()})
-        for task, head in heads.items():
-            tensors.update({f"heads.{task}.{k}": host32(v) for k, v in head.items()})
-        metadata = {"format": FORMAT, "version": "1", "tasks": json.dumps(self.task_names),
-                    "base_keys": json.dumps(list(self.base))}
-        with atomic_path(os.path.join(folder, FILE)) as tmp:
-            safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
-                                        metadata=metadata)
+        save_per_task_file(os.path.join(folder, FILE), FORMAT, tensors, heads, self.task_names, self.base)
         return FILE
 
 
 def load_tsv_c(path, base):
     """(LowRankTasks, heads {task: {key: array}}) from a saved FILE and the base backbone it was made from."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: not a TSV-C file (metadata format {meta.get('format')!r}, "
-                                  f"expected {FORMAT!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    missing = [k for k in json.loads(meta["base_keys"]) if k not in base]
-    if missing:
-        raise CheckpointError(f"{path}: base key {missing[0]!r} is missing from the given base")
+    tensors, tasks, heads = read_per_task_file(path, FORMAT, "a TSV-C", base)
     factors = {k[2:]: (v, tensors["s." + k[2:]], tensors["vh." + k[2:]]) for k, v in tensors.items()
                if k.startswith("u.")}
     dense = {k[4:]: v for k, v in tensors.items() if k.startswith("tau.")}
-    heads = {}
-    for key, value in tensors.items():
-        if key.startswith("heads."):
-            task, name = key[len("heads."):].split(".", 1)
-            heads.setdefault(task, {})[name] = value
-    return LowRankTasks(base, factors, dense, json.loads(meta["tasks"])), heads
+    return LowRankTasks(base, factors, dense, tasks), heads
 
 
 @register("tsv_compression", data_dependent=True, params={
