@@ -8,7 +8,8 @@ there in paddle and come back. Only one key of every model is in memory at a tim
 """
 import numpy as np
 
-from ppmerge.merge.tensor_ops import is_floating, numpy_dtype, paddle as _paddle, to_device, to_host
+from ppmerge.errors import ConfigError
+from ppmerge.merge.tensor_ops import as_numpy, is_floating, numpy_dtype, paddle as _paddle, to_device, to_host
 
 
 def host32(x):
@@ -82,13 +83,52 @@ def merge_matrices(base, models, matrix_rule, scale=1.0, tau_scales=None):
     merged = {}
     for key, value in base.items():
         if not is_floating(value):
-            merged[key] = np.array(value if isinstance(value, np.ndarray) else value.numpy())
+            merged[key] = np.array(as_numpy(value))
             continue
         theta0 = host32(value)
         taus = TaskVectors(key, theta0, models, tau_scales)
         delta = matrix_rule(taus) if is_matrix(theta0) else taus.mean()
         merged[key] = (theta0 + np.float32(scale) * delta).astype(numpy_dtype(value), copy=False)
     return merged
+
+
+class PerTaskModel:
+    """A merge result that is one backbone per task, built on demand (EMR-Merging, TSV-C): subclasses set
+    METHOD, LABEL (for progress lines), FILE, FORMAT and define `task_backbone(index)` and `tensors()` (what
+    `save` stores besides the heads)."""
+    is_ensemble = True  # a multi-model result: the runner calls .evaluate, and .save to keep it
+    METHOD = LABEL = FILE = FORMAT = None
+
+    def __init__(self, base, task_names):
+        self.base = base              # {key: numpy array}: θ₀ (also the non-float keys)
+        self.task_names = list(task_names)
+
+    def __len__(self):
+        return len(self.task_names)
+
+    def task_index(self, task):
+        """Pool index of `task` (a task name or already an index)."""
+        if not isinstance(task, str):
+            return task
+        if task not in self.task_names:
+            raise ConfigError(f"{self.METHOD}: no model for task {task!r} (tasks: {', '.join(self.task_names)})")
+        return self.task_names.index(task)
+
+    def evaluate(self, task_pool, heads, tasks=None):
+        """{task: metrics}: each task with its own backbone (built here, one at a time) and head."""
+        results = {}
+        for task in (self.task_names if tasks is None else tasks):
+            results.update(task_pool.evaluate(self.task_backbone(task), heads, [task],
+                                              desc=f"evaluate {task} ({self.LABEL})"))
+        return results
+
+    def save(self, folder, heads):
+        """Write FILE into `folder` (atomically); returns its name."""
+        import os
+
+        save_per_task_file(os.path.join(folder, self.FILE), self.FORMAT, self.tensors(), heads, self.task_names,
+                           self.base)
+        return self.FILE
 
 
 def save_per_task_file(path, fmt, tensors, heads, task_names, base_keys):

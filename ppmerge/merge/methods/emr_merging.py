@@ -25,47 +25,35 @@ Non-float keys are not stored: the base checkpoint (θ₀) is needed to rebuild 
 (`load_emr(path, base)`). Size: one model + N bits per parameter + heads, i.e. (1 + N/32) × a float32
 backbone against N × for the fine-tuned models (nine GPT-345M tasks: ~1.8 GB vs ~12.7 GB).
 """
-import os
 
 import numpy as np
 
 from ppmerge.errors import ConfigError
-from ppmerge.merge.lowrank import TaskVectors, host32, read_per_task_file, save_per_task_file
+from ppmerge.merge.lowrank import PerTaskModel, TaskVectors, host32, read_per_task_file
 from ppmerge.merge.registry import register
-from ppmerge.merge.tensor_ops import is_floating, numpy_dtype
+from ppmerge.merge.tensor_ops import as_numpy, is_floating, numpy_dtype
 
 FILE = "emr_model.safetensors"
 FORMAT = "ppmerge-emr"
 
 
-def _host(value):
-    return value if isinstance(value, np.ndarray) else value.numpy()
-
-
-class EMRModel:
+class EMRModel(PerTaskModel):
     """The result of `emr_merging`: θ₀, τ_uni, bit-packed masks and one rescaler per task."""
-    is_ensemble = True  # a multi-model result: the runner calls .evaluate, and .save to keep it
+    METHOD, LABEL, FILE, FORMAT = "emr_merging", "EMR", FILE, FORMAT
 
     def __init__(self, base, tau_uni, masks, scales, task_names):
-        self.base = base              # {key: array}: θ₀ (also the non-float keys)
+        super().__init__(base, task_names)
         self.tau_uni = tau_uni        # {float key: array}
         self.masks = masks            # {float key: uint8 [N, ceil(numel/8)]}
         self.scales = np.asarray(scales, dtype=np.float32)
-        self.task_names = list(task_names)
-
-    def __len__(self):
-        return len(self.task_names)
 
     def task_backbone(self, task):
         """θ₀ + λ_t · M_t ⊙ τ_uni for `task` (a task name or a pool index), numpy in the base's dtypes."""
-        if isinstance(task, str):
-            if task not in self.task_names:
-                raise ConfigError(f"emr_merging: no model for task {task!r} (tasks: {', '.join(self.task_names)})")
-            task = self.task_names.index(task)
+        task = self.task_index(task)
         backbone = {}
         for key, value in self.base.items():
             if key not in self.tau_uni:
-                backbone[key] = _host(value)
+                backbone[key] = as_numpy(value)
                 continue
             tau = self.tau_uni[key]
             mask = np.unpackbits(self.masks[key][task], count=tau.size).reshape(tau.shape).astype(bool)
@@ -73,21 +61,11 @@ class EMRModel:
                              ).astype(numpy_dtype(value), copy=False)
         return backbone
 
-    def evaluate(self, task_pool, heads, tasks=None):
-        """{task: metrics}: each task with its own backbone (built here, one at a time) and head."""
-        results = {}
-        for task in (self.task_names if tasks is None else tasks):
-            results.update(task_pool.evaluate(self.task_backbone(task), heads, [task], desc=f"evaluate {task} (EMR)"))
-        return results
-
-    def save(self, folder, heads):
-        """Write FILE into `folder` (atomically); returns its name."""
+    def tensors(self):
         tensors = {f"tau_uni.{k}": v for k, v in self.tau_uni.items()}
         tensors.update({f"mask.{k}": v for k, v in self.masks.items()})
         tensors["scales"] = self.scales
-        save_per_task_file(os.path.join(folder, FILE), FORMAT, tensors, heads, self.task_names, self.base)
-        return FILE
-
+        return tensors
 
 def load_emr(path, base):
     """(EMRModel, heads {task: {key: array}}) from a saved FILE and the base backbone it was made from."""
@@ -137,7 +115,7 @@ def emr_merging(base, models, *, context):
             kept[t] += np.where(mask, magnitude, np.float32(0)).mean(dtype=np.float64)
         tau_uni[key] = uni.astype(numpy_dtype(value), copy=False)
     scales = np.divide(own, kept, out=np.zeros(n), where=kept > 0)
-    host_base = {k: _host(v) for k, v in base.items()}
+    host_base = {k: as_numpy(v) for k, v in base.items()}
     return EMRModel(host_base, tau_uni, packed, scales, names)
 
 

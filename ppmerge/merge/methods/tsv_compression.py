@@ -13,14 +13,13 @@ file `tsv_c_model.safetensors`:
 Size per m x n matrix: T·k·(m + n + 1) floats (k = r/T: r·(m + n), ≈ 2 matrices when square, ≈ 1 for an
 embedding table) against T matrices for the fine-tuned models. `load_tsv_c(path, base)` reads it back.
 """
-import os
 
 import numpy as np
 
 from ppmerge.errors import ConfigError
-from ppmerge.merge.lowrank import TaskVectors, host32, is_matrix, svd, read_per_task_file, save_per_task_file
+from ppmerge.merge.lowrank import PerTaskModel, TaskVectors, host32, is_matrix, read_per_task_file, svd
 from ppmerge.merge.registry import Param, register
-from ppmerge.merge.tensor_ops import is_floating, numpy_dtype
+from ppmerge.merge.tensor_ops import as_numpy, is_floating, numpy_dtype
 
 FILE = "tsv_c_model.safetensors"
 FORMAT = "ppmerge-tsv-c"
@@ -32,29 +31,18 @@ def _fraction(value, where):
     return float(value)
 
 
-def _host(value):
-    return value if isinstance(value, np.ndarray) else value.numpy()
-
-
-class LowRankTasks:
+class LowRankTasks(PerTaskModel):
     """The result of `tsv_compression`: θ₀ and, per task, the low-rank factors of its task vector."""
-    is_ensemble = True  # a per-task result: the runner calls .evaluate, and .save to keep it
+    METHOD, LABEL, FILE, FORMAT = "tsv_compression", "TSV-C", FILE, FORMAT
 
     def __init__(self, base, factors, dense, task_names):
-        self.base = base          # {key: array}
+        super().__init__(base, task_names)
         self.factors = factors    # {matrix key: (u [T, m, k], s [T, k], vh [T, k, n])}
         self.dense = dense        # {other float key: [T, ...]}
-        self.task_names = list(task_names)
-
-    def __len__(self):
-        return len(self.task_names)
 
     def task_backbone(self, task):
         """θ₀ + U_t S_t V_tᵀ (matrices) / θ₀ + τ_t (other float keys), numpy in the base's dtypes."""
-        if isinstance(task, str):
-            if task not in self.task_names:
-                raise ConfigError(f"tsv_compression: no model for task {task!r} (tasks: {', '.join(self.task_names)})")
-            task = self.task_names.index(task)
+        task = self.task_index(task)
         backbone = {}
         for key, value in self.base.items():
             if key in self.factors:
@@ -63,27 +51,17 @@ class LowRankTasks:
             elif key in self.dense:
                 delta = self.dense[key][task]
             else:
-                backbone[key] = _host(value)
+                backbone[key] = as_numpy(value)
                 continue
             backbone[key] = (host32(value) + delta).astype(numpy_dtype(value), copy=False)
         return backbone
 
-    def evaluate(self, task_pool, heads, tasks=None):
-        """{task: metrics}: each task with its own backbone (built here, one at a time) and head."""
-        results = {}
-        for task in (self.task_names if tasks is None else tasks):
-            results.update(task_pool.evaluate(self.task_backbone(task), heads, [task], desc=f"evaluate {task} (TSV-C)"))
-        return results
-
-    def save(self, folder, heads):
-        """Write FILE into `folder` (atomically); returns its name."""
+    def tensors(self):
         tensors = {}
         for key, (u, s, vh) in self.factors.items():
             tensors.update({f"u.{key}": u, f"s.{key}": s, f"vh.{key}": vh})
         tensors.update({f"tau.{key}": value for key, value in self.dense.items()})
-        save_per_task_file(os.path.join(folder, FILE), FORMAT, tensors, heads, self.task_names, self.base)
-        return FILE
-
+        return tensors
 
 def load_tsv_c(path, base):
     """(LowRankTasks, heads {task: {key: array}}) from a saved FILE and the base backbone it was made from."""
@@ -123,7 +101,7 @@ def tsv_compression(base, models, *, context, rank_fraction=None):
             parts.append((u[:, :k].copy(), s[:k].copy(), vh[:k].copy()))
         factors[key] = tuple(np.stack(x) for x in zip(*parts))
         del parts
-    return LowRankTasks({k: _host(v) for k, v in base.items()}, factors, dense, names)
+    return LowRankTasks({k: as_numpy(v) for k, v in base.items()}, factors, dense, names)
 
 
 tsv_compression.data_note = " *(reads no data: needs the pool's task names; one model per task)*"

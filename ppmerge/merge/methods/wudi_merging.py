@@ -18,7 +18,7 @@ import numpy as np
 from ppmerge.errors import ConfigError
 from ppmerge.merge.lowrank import TaskVectors, host32
 from ppmerge.merge.registry import Param, register
-from ppmerge.merge.tensor_ops import is_floating, numpy_dtype, paddle as _paddle
+from ppmerge.merge.tensor_ops import as_numpy, is_floating, numpy_dtype, paddle as _paddle
 
 
 def _non_negative(value, where):
@@ -82,7 +82,7 @@ def wudi_merging(base, models, iter_num=300, lr=1e-5):
     merged = {}
     for key, value in base.items():
         if not is_floating(value):
-            merged[key] = np.array(value if isinstance(value, np.ndarray) else value.numpy())
+            merged[key] = np.array(as_numpy(value))
             continue
         theta0 = host32(value)
         taus = TaskVectors(key, theta0, models)
