@@ -31,27 +31,23 @@ def encode_examples(tokenizer, examples, max_length):
     return ids
 
 
-class GLUEDataset(paddle.io.Dataset):
-    """Item: {"input_ids": np.int64[L] with 1 <= L <= max_length, "label": int | float}.
+class GLUESplit(paddle.io.Dataset):
+    """One split of a task, read once: `.task`, `.split`, `.num_classes`, `.path` (its file), `.examples`,
+    `.has_labels` (by the split's file format, not by its rows) and `.labels` (-1 / -1.0 where there is
+    none). The GPT and T5 datasets add their tokenization on top."""
 
-    label is the class id (int), the STS-B score (float), or -1 / -1.0 on test splits."""
-
-    def __init__(self, task, root, split, tokenizer, max_length=128):
+    def __init__(self, task, root, split):
         super().__init__()
-        if not isinstance(max_length, int) or max_length < 1:
-            raise UserError(f"dataset max_length must be a positive integer, got {max_length!r}")
         self.task = get_task(task)
         self.split = normalize_split(self.task, split)
         self.num_classes = self.task.num_classes
-        self.max_length = max_length
         self.path, columns, _ = data_file(self.task, root, self.split)
         self.examples = read_examples(self.task, root, self.split)
         if not self.examples:
             raise DataError(f"{self.path}: file has no examples ({self.task.name} {self.split})")
-        self.has_labels = columns.label is not None  # by the split's file format, not by its rows
+        self.has_labels = columns.label is not None
         missing = -1.0 if self.task.is_regression else -1
         self.labels = [missing if ex.label is None else ex.label for ex in self.examples]
-        self.input_ids = encode_examples(tokenizer, self.examples, max_length)
 
     def require_labels(self, purpose):
         """DataError naming the split and file when it has no labels (a test split) but `purpose` needs them."""
@@ -61,6 +57,19 @@ class GLUEDataset(paddle.io.Dataset):
 
     def __len__(self):
         return len(self.examples)
+
+
+class GLUEDataset(GLUESplit):
+    """Item: {"input_ids": np.int64[L] with 1 <= L <= max_length, "label": int | float}.
+
+    label is the class id (int), the STS-B score (float), or -1 / -1.0 on test splits."""
+
+    def __init__(self, task, root, split, tokenizer, max_length=128):
+        if not isinstance(max_length, int) or max_length < 1:
+            raise UserError(f"dataset max_length must be a positive integer, got {max_length!r}")
+        super().__init__(task, root, split)
+        self.max_length = max_length
+        self.input_ids = encode_examples(tokenizer, self.examples, max_length)
 
     def __getitem__(self, index):
         return {"input_ids": self.input_ids[index], "label": self.labels[index]}

@@ -11,10 +11,9 @@ float32 for STS-B). Every batch is padded to its own longest (FusionBench pads e
 import numpy as np
 
 from ppmerge.data.prompts import load_prompts, render_input, target_text
-from ppmerge.data.readers import data_file, normalize_split, read_examples
+from ppmerge.data.dataset import GLUESplit
 from ppmerge.data.t5_tokenizer import EOS_ID, PAD_ID
-from ppmerge.data.tasks import get_task
-from ppmerge.errors import DataError, UserError
+from ppmerge.errors import UserError
 from ppmerge.runtime import import_paddle
 
 paddle = import_paddle()
@@ -22,38 +21,19 @@ paddle = import_paddle()
 IGNORE_INDEX = -100
 
 
-class T5GLUEDataset(paddle.io.Dataset):
+class T5GLUEDataset(GLUESplit):
     def __init__(self, task, root, split, tokenizer, max_length=128, prompts=None, target_max_length=16):
-        super().__init__()
         if not isinstance(max_length, int) or max_length < 2:
             raise UserError(f"dataset max_length must be an integer >= 2 (text + eos), got {max_length!r}")
-        self.task = get_task(task)
-        self.split = normalize_split(self.task, split)
-        self.num_classes = self.task.num_classes
+        super().__init__(task, root, split)
         self.max_length = max_length
         self.prompt = (prompts or load_prompts())[self.task.name]
         self.tokenizer = tokenizer
-        self.path, columns, _ = data_file(self.task, root, self.split)
-        self.examples = read_examples(self.task, root, self.split)
-        if not self.examples:
-            raise DataError(f"{self.path}: file has no examples ({self.task.name} {self.split})")
-        self.has_labels = columns.label is not None  # by the split's file format (as GLUEDataset)
-        missing = -1.0 if self.task.is_regression else -1
-        self.labels = [missing if ex.label is None else ex.label for ex in self.examples]
         self.input_ids = tokenizer.encode([render_input(self.prompt, ex) for ex in self.examples], max_length)
         targets = [target_text(self.prompt, ex.label) for ex in self.examples]
         self.targets = targets
         encoded = tokenizer.encode([t or "" for t in targets], target_max_length)
         self.target_ids = [ids if t is not None else np.array([EOS_ID], np.int64) for ids, t in zip(encoded, targets)]
-
-    def require_labels(self, purpose):
-        """DataError naming the split and file when it has no labels (a test split) but `purpose` needs them."""
-        if not self.has_labels:
-            raise DataError(f"{self.path}: the {self.task.name} {self.split} split has no labels, but {purpose} "
-                            f"needs them (use a labelled split: train, dev, dev_matched, dev_mismatched)")
-
-    def __len__(self):
-        return len(self.examples)
 
     def __getitem__(self, index):
         return {"input_ids": self.input_ids[index], "labels": self.target_ids[index], "label": self.labels[index]}
