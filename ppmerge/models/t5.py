@@ -221,17 +221,22 @@ def fill_t5_embeddings(state_dict):
 def check_t5_state_dict(state_dict, arch, source="checkpoint"):
     """CheckpointError naming the first missing / unexpected / mis-shaped key against `arch`
     (missing embed_tokens copies of `t5.shared.weight` are fine)."""
-    state_dict = fill_t5_embeddings(state_dict)
-    shapes = t5_state_shapes(arch)
+    _check_keys(fill_t5_embeddings(state_dict), t5_state_shapes(arch), source, "architecture",
+                " (check Model.vocab_size / d_model / d_ff / num_heads)")
+
+
+def _check_keys(state_dict, shapes, source, what, hint=""):
+    """CheckpointError naming the first key of `shapes` missing from `state_dict`, then the first key it
+    does not know or whose shape differs (`what`: "architecture" or "model")."""
     for key in shapes:
         if key not in state_dict:
             raise CheckpointError(f"{source}: T5 weight {key!r} is missing (expected shape {list(shapes[key])})")
     for key, value in state_dict.items():
         if key not in shapes:
-            raise CheckpointError(f"{source}: unexpected T5 weight {key!r} (not part of the architecture)")
+            raise CheckpointError(f"{source}: unexpected T5 weight {key!r} (not part of the {what})")
         if tuple(value.shape) != shapes[key]:
-            raise CheckpointError(f"{source}: {key} has shape {list(value.shape)} but the architecture needs "
-                                  f"{list(shapes[key])} (check Model.vocab_size / d_model / d_ff / num_heads)")
+            raise CheckpointError(f"{source}: {key} has shape {list(value.shape)} but the {what} needs "
+                                  f"{list(shapes[key])}{hint}")
 
 
 def load_t5_state_dict(model, state_dict, source="checkpoint"):
@@ -246,16 +251,7 @@ def load_t5_state_dict(model, state_dict, source="checkpoint"):
     paddle = import_paddle()
     state_dict = fill_t5_embeddings(state_dict)
     params = model.state_dict()
-    shapes = {key: tuple(value.shape) for key, value in params.items()}
-    for key in shapes:
-        if key not in state_dict:
-            raise CheckpointError(f"{source}: T5 weight {key!r} is missing (expected shape {list(shapes[key])})")
-    for key, value in state_dict.items():
-        if key not in shapes:
-            raise CheckpointError(f"{source}: unexpected T5 weight {key!r} (not part of the model)")
-        if tuple(value.shape) != shapes[key]:
-            raise CheckpointError(f"{source}: {key} has shape {list(value.shape)} but the model needs "
-                                  f"{list(shapes[key])}")
+    _check_keys(state_dict, {key: tuple(value.shape) for key, value in params.items()}, source, "model")
     shared = [key for key in EMBEDDING_KEYS if key in params]
     first = np.asarray(state_dict[shared[0]]) if shared else None
     for key in shared[1:]:
