@@ -100,13 +100,16 @@ def merge_with_grams(backbones, grams, reduce_non_diagonal_ratio=0.6):
     return merged
 
 
-@register("regmean", data_dependent=True, needs_base=False, params={
+REGMEAN_PARAMS = {
     "num_regmean_examples": Param("int", 256, "training examples per model for its Gram matrices (-1: all)",
                                   check=count_or_all),
     "batch_size": Param("int", 32, "batch size of the forward passes that collect the inputs", check=positive_int),
     "reduce_non_diagonal_ratio": Param("float", 0.6, "alpha: off-diagonal Gram entries are scaled by it "
                                        "(1 = exact regression, 0 = diagonal only)", check=_ratio),
-})
+}
+
+
+@register("regmean", data_dependent=True, needs_base=False, params=REGMEAN_PARAMS)
 def regmean(base, models, *, context, num_regmean_examples=256, batch_size=32, reduce_non_diagonal_ratio=0.6):
     """RegMean: each backbone Linear by least squares on every model's own-task inputs."""
     pool = context.task_pool

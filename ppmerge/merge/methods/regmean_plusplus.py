@@ -15,9 +15,8 @@ instead of RegMean's one). Same parameters as `regmean`.
 import re
 import sys
 
-from ppmerge.merge.methods.fisher_merging import count_or_all, positive_int
-from ppmerge.merge.methods.regmean import _ratio, gram_matrices, linear_layers, merge_with_grams
-from ppmerge.merge.registry import Param, register
+from ppmerge.merge.methods.regmean import REGMEAN_PARAMS, gram_matrices, linear_layers, merge_with_grams
+from ppmerge.merge.registry import register
 from ppmerge.progress import progress_bar as tqdm
 
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -39,13 +38,7 @@ def layer_groups(keys):
     return [g for g in groups if g]
 
 
-@register("regmean_plusplus", data_dependent=True, needs_base=False, params={
-    "num_regmean_examples": Param("int", 256, "training examples per model for its Gram matrices (-1: all)",
-                                  check=count_or_all),
-    "batch_size": Param("int", 32, "batch size of the forward passes that collect the inputs", check=positive_int),
-    "reduce_non_diagonal_ratio": Param("float", 0.6, "alpha: off-diagonal Gram entries are scaled by it "
-                                       "(1 = exact regression, 0 = diagonal only)", check=_ratio),
-}, doc="RegMean++: RegMean layer by layer, each layer's Gram matrices collected on the inputs produced by the "
+@register("regmean_plusplus", data_dependent=True, needs_base=False, params=REGMEAN_PARAMS, doc="RegMean++: RegMean layer by layer, each layer's Gram matrices collected on the inputs produced by the "
        "already-merged layers below it")
 def regmean_plusplus(base, models, *, context, num_regmean_examples=256, batch_size=32,
                      reduce_non_diagonal_ratio=0.6):
